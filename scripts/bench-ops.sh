@@ -1,0 +1,137 @@
+#!/usr/bin/env bash
+# Benchmark imagegate's image operations against libvips, as whole processes with hyperfine.
+#
+#   scripts/bench-ops.sh            # both modes: one pinned core, then the whole machine
+#   BENCH_MODE=pinned scripts/bench-ops.sh
+#   BENCH_RUNS=20 BENCH_WARMUP=3 scripts/bench-ops.sh
+#
+# Cases (24-megapixel photo-like JPEG, generated with vips):
+#   thumbnail: vipsthumbnail in.jpg -s 200 -o out.jpg            (vips default Q75)
+#          vs  imagegate op resize in.jpg --width 200 --height 200 --quality 75 -o out.jpg
+#   webp:      vips copy in.jpg out.webp[Q=80]
+#          vs  imagegate op compress in.jpg --format webp --quality 80 -o out.webp
+#
+# Fairness: in "pinned" mode both sides run under `taskset -c 0` with VIPS_CONCURRENCY=1, i.e.
+# one thread each on the same core (imagegate's operations are single-threaded per image: the
+# server gets its parallelism from running many images at once). In "machine" mode both run
+# unrestricted, vips with its default thread pool.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+RUNS=${BENCH_RUNS:-10}
+WARMUP=${BENCH_WARMUP:-2}
+MODE=${BENCH_MODE:-both}
+WORK=${BENCH_DIR:-target/bench-ops}
+mkdir -p "$WORK"
+
+need_install=()
+command -v vips >/dev/null || need_install+=(libvips-tools)
+command -v vipsthumbnail >/dev/null || need_install+=(libvips-tools)
+command -v hyperfine >/dev/null || need_install+=(hyperfine)
+# nasm must exist before mozjpeg-sys is first compiled, or libjpeg-turbo's SIMD is left out.
+command -v nasm >/dev/null || need_install+=(nasm)
+command -v taskset >/dev/null || need_install+=(util-linux)
+if ((${#need_install[@]})); then
+    echo "installing: ${need_install[*]}"
+    if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
+    $SUDO apt-get update -qq
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_install[@]}" >/dev/null
+fi
+
+cargo build --release --bin imagegate
+BIN=$PWD/target/release/imagegate
+
+# --- a 6000x4000 photo-like JPEG: smooth colour, luminance texture, hard edges, grain ---
+IN=$WORK/in.jpg
+if [ ! -s "$IN" ]; then
+    echo "generating $IN (6000x4000, Q90)"
+    T=$(mktemp -d)
+    trap 'rm -rf "$T"' EXIT
+    # Colour: per-band low-resolution noise, blurred, scaled up 30x: smooth colour fields
+    # (in photos chroma varies slowly; detail is mostly luminance).
+    for b in r g b; do
+        vips gaussnoise "$T/n_$b.v" 300 200 --mean 0 --sigma 70
+        vips gaussblur "$T/n_$b.v" "$T/s_$b.v" 5
+        vips linear "$T/s_$b.v" "$T/c_$b.v" 9 120
+        vips resize "$T/c_$b.v" "$T/l_$b.v" 20 --kernel cubic
+    done
+    vips bandjoin "$T/l_r.v $T/l_g.v $T/l_b.v" "$T/colour.v"
+    # Texture: mid-scale luminance detail shared by the three bands.
+    vips gaussnoise "$T/dn.v" 1500 1000 --mean 0 --sigma 40
+    vips gaussblur "$T/dn.v" "$T/ds.v" 2
+    vips linear "$T/ds.v" "$T/dc.v" 4 0
+    vips resize "$T/dc.v" "$T/detail.v" 4 --kernel cubic
+    vips add "$T/colour.v" "$T/detail.v" "$T/smooth.v"
+    # Object outlines: a thresholded smooth field gives curved, sharp edges; the regions
+    # outside it are shaded to 60 %.
+    vips gaussnoise "$T/m.v" 240 160 --mean 128 --sigma 50
+    vips gaussblur "$T/m.v" "$T/mb.v" 3
+    vips resize "$T/mb.v" "$T/ml.v" 25 --kernel cubic
+    vips relational_const "$T/ml.v" "$T/keep.v" lesseq 128
+    vips linear "$T/keep.v" "$T/shade.v" 0.00157 0.6
+    vips multiply "$T/smooth.v" "$T/shade.v" "$T/edged.v"
+    # Sensor-like grain.
+    vips gaussnoise "$T/grain.v" 6000 4000 --mean 0 --sigma 6
+    vips add "$T/edged.v" "$T/grain.v" "$T/noisy.v"
+    vips cast "$T/noisy.v" "$T/u8.v" uchar
+    vips jpegsave "$T/u8.v" "$IN" --Q 90
+    rm -rf "$T"
+    trap - EXIT
+fi
+echo "input: $IN $(stat -c %s "$IN") bytes, $(vipsheader "$IN")"
+
+size() { stat -c %s "$1"; }
+
+# mean seconds of command #$2 (0-based) in a hyperfine CSV export
+mean_of() { awk -F, -v row="$2" 'NR == row + 2 { print $2 }' "$1"; }
+
+run_mode() {
+    local mode=$1 prefix env_vips
+    if [ "$mode" = pinned ]; then
+        prefix="taskset -c 0"
+        env_vips="VIPS_CONCURRENCY=1"
+    else
+        prefix=""
+        env_vips=""
+    fi
+    local d=$WORK/$mode
+    mkdir -p "$d"
+
+    hyperfine --warmup "$WARMUP" --runs "$RUNS" --style basic --export-csv "$d/thumb.csv" \
+        -n vipsthumbnail "env $env_vips $prefix vipsthumbnail $IN -s 200 -o $d/thumb-vips.jpg" \
+        -n imagegate "$prefix $BIN op resize $IN --width 200 --height 200 --quality 75 -o $d/thumb-ours.jpg"
+    hyperfine --warmup "$WARMUP" --runs "$RUNS" --style basic --export-csv "$d/webp.csv" \
+        -n "vips webp" "env $env_vips $prefix vips copy $IN $d/vips.webp[Q=80]" \
+        -n "imagegate webp" "$prefix $BIN op compress $IN --format webp --quality 80 -o $d/ours.webp"
+
+    local tv to wv wo
+    tv=$(mean_of "$d/thumb.csv" 0)
+    to=$(mean_of "$d/thumb.csv" 1)
+    wv=$(mean_of "$d/webp.csv" 0)
+    wo=$(mean_of "$d/webp.csv" 1)
+    {
+        echo
+        echo "mode: $mode ($(nproc) CPUs, $(lscpu | sed -n 's/^Model name: *//p' | head -1))"
+        printf '| case | vips mean | imagegate mean | time ours/vips | target | vips bytes | imagegate bytes | size ours/vips |\n'
+        printf '|---|---|---|---|---|---|---|---|\n'
+        awk -v name="thumbnail 200 px, JPEG Q75 ($(vipsheader "$d/thumb-ours.jpg" | sed 's/.*: //; s/ .*//'))" \
+            -v v="$tv" -v o="$to" -v target="<= 1.0" \
+            -v bv="$(size "$d/thumb-vips.jpg")" -v bo="$(size "$d/thumb-ours.jpg")" \
+            'BEGIN { printf "| %s | %.1f ms | %.1f ms | %.2f | %s | %d | %d | %.2f |\n", name, v*1000, o*1000, o/v, target, bv, bo, bo/bv }'
+        awk -v name="JPEG to WebP Q80 (6000x4000)" \
+            -v v="$wv" -v o="$wo" -v target="<= 1.2" \
+            -v bv="$(size "$d/vips.webp")" -v bo="$(size "$d/ours.webp")" \
+            'BEGIN { printf "| %s | %.1f ms | %.1f ms | %.2f | %s | %d | %d | %.2f |\n", name, v*1000, o*1000, o/v, target, bv, bo, bo/bv }'
+    } | tee "$d/table.md"
+}
+
+case "$MODE" in
+    pinned | machine) run_mode "$MODE" ;;
+    both)
+        run_mode pinned
+        run_mode machine
+        echo
+        cat "$WORK/pinned/table.md" "$WORK/machine/table.md"
+        ;;
+    *) echo "BENCH_MODE must be pinned, machine or both" >&2; exit 2 ;;
+esac

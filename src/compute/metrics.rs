@@ -1,0 +1,62 @@
+//! The compute server's own metrics (`imagegate_compute_*`).
+
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry};
+
+use crate::metrics::{register, LATENCY_BUCKETS};
+
+/// Registered once per compute server.
+#[derive(Clone)]
+pub struct ComputeMetrics {
+    /// Operations by name and result (`ok` or the error reason).
+    pub operations: IntCounterVec,
+    pub duration: HistogramVec,
+    /// Jobs submitted to the CPU pool that have not started yet.
+    pub queue_depth: IntGauge,
+}
+
+impl ComputeMetrics {
+    pub fn new(registry: &Registry) -> Self {
+        ComputeMetrics {
+            operations: register(
+                registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "imagegate_compute_operations_total",
+                        "Image operations by operation and result (ok or the error reason).",
+                    ),
+                    &["operation", "result"],
+                )
+                .expect("valid metric"),
+            ),
+            duration: register(
+                registry,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "imagegate_compute_operation_duration_seconds",
+                        "Time to run one image operation, queueing included.",
+                    )
+                    .buckets(LATENCY_BUCKETS.to_vec()),
+                    &["operation"],
+                )
+                .expect("valid metric"),
+            ),
+            queue_depth: register(
+                registry,
+                IntGauge::new(
+                    "imagegate_compute_queue_depth",
+                    "Jobs waiting for a CPU thread.",
+                )
+                .expect("valid metric"),
+            ),
+        }
+    }
+
+    pub fn record(&self, operation: &str, result: &str, seconds: f64) {
+        self.operations
+            .with_label_values(&[operation, result])
+            .inc();
+        self.duration
+            .with_label_values(&[operation])
+            .observe(seconds);
+    }
+}

@@ -1,0 +1,178 @@
+//! The compute service: a tonic server for ImageService, HealthService, the standard
+//! `grpc.health.v1.Health` and server reflection on one port, with image work on a bounded CPU
+//! pool and `imagegate_compute_*` metrics on a separate small HTTP listener.
+//!
+//! - [`service`]: the gRPC handlers and parameter validation;
+//! - [`pool`]: the bounded CPU pool;
+//! - [`ops`]: the image operations themselves (plain sync functions);
+//! - [`status`]: errors → gRPC statuses with ErrorInfo.
+
+pub mod metrics;
+pub mod ops;
+pub mod pool;
+pub mod service;
+pub mod status;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus::Registry;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::Server;
+
+use crate::config::ComputeConfig;
+use crate::proto::health_service_server::HealthServiceServer;
+use crate::proto::image_service_server::ImageServiceServer;
+use metrics::ComputeMetrics;
+use ops::Limits;
+use pool::CpuPool;
+use service::{CallHook, HealthServiceImpl, ImageEngine, ImageServiceImpl};
+
+/// HTTP/2 receive windows of the server: they govern how fast uploads flow from the BFF.
+const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
+const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
+
+/// Everything needed to run a compute server, built from config.
+pub struct ComputeServer {
+    config: ComputeConfig,
+    registry: Registry,
+    hook: Option<CallHook>,
+}
+
+impl ComputeServer {
+    pub fn new(config: ComputeConfig) -> Self {
+        ComputeServer {
+            config,
+            registry: crate::metrics::new_registry(),
+            hook: None,
+        }
+    }
+
+    /// Run `hook` at the start of every call (observability and tests).
+    pub fn with_call_hook(mut self, hook: CallHook) -> Self {
+        self.hook = Some(hook);
+        self
+    }
+
+    /// The server's metrics registry.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Serves gRPC on `listener` (and `/metrics` on `metrics_listener`) until `shutdown`
+    /// resolves; then stops accepting, reports NOT_SERVING, and lets in-flight calls finish
+    /// for up to `drain_timeout`.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        metrics_listener: Option<TcpListener>,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> anyhow::Result<()> {
+        let c = &self.config;
+        let metrics = ComputeMetrics::new(&self.registry);
+        let pool = CpuPool::new(c.workers, c.queue_capacity, metrics.queue_depth.clone())?;
+        let engine = Arc::new(ImageEngine {
+            pool,
+            limits: Limits { max_pixels: c.max_pixels },
+            metrics,
+            hook: self.hook.clone(),
+        });
+        let max_message = c.max_message_size.as_usize();
+        let serving = Arc::new(AtomicBool::new(true));
+
+        let image = ImageServiceServer::new(ImageServiceImpl(engine.clone()))
+            .max_decoding_message_size(max_message)
+            .max_encoding_message_size(max_message);
+        let health = HealthServiceServer::new(HealthServiceImpl {
+            engine: engine.clone(),
+            serving: serving.clone(),
+        })
+        .max_decoding_message_size(max_message)
+        .max_encoding_message_size(max_message);
+        let (grpc_health, grpc_health_service) = tonic_health::server::health_reporter();
+        grpc_health
+            .set_serving::<ImageServiceServer<ImageServiceImpl>>()
+            .await;
+        grpc_health
+            .set_serving::<HealthServiceServer<HealthServiceImpl>>()
+            .await;
+        let reflection_v1 = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()?;
+        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()?;
+
+        let addr = listener.local_addr()?;
+        let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
+        if let Some(ml) = metrics_listener {
+            let registry = self.registry.clone();
+            tracing::info!(addr = %ml.local_addr()?, "compute metrics listening");
+            tokio::spawn(async move {
+                let _ = crate::metrics::serve(ml, registry, async {
+                    let _ = metrics_stopped.await;
+                })
+                .await;
+            });
+        }
+
+        let (stop_grpc, grpc_stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = Server::builder()
+            .initial_stream_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
+            .http2_keepalive_interval(Some(Duration::from_secs(10)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(5)))
+            .tcp_nodelay(true)
+            .layer(tower::util::MapResponseLayer::new(
+                status::rewrite_message_too_large::<tonic::body::Body>,
+            ))
+            .add_service(image)
+            .add_service(health)
+            .add_service(grpc_health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+                let _ = grpc_stopped.await;
+            });
+        tracing::info!(%addr, workers = engine.pool.workers(), "compute listening");
+        tokio::pin!(server);
+        tokio::select! {
+            result = &mut server => result?,
+            _ = shutdown => {
+                serving.store(false, Ordering::Relaxed);
+                grpc_health.set_not_serving::<ImageServiceServer<ImageServiceImpl>>().await;
+                grpc_health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
+                let _ = stop_grpc.send(());
+                match tokio::time::timeout(self.config.drain_timeout, &mut server).await {
+                    Ok(result) => result?,
+                    Err(_) => tracing::warn!("drain timeout passed with calls still in flight"),
+                }
+            }
+        }
+        let _ = stop_metrics.send(());
+        tracing::info!("compute stopped");
+        Ok(())
+    }
+}
+
+/// Binds the configured addresses and serves until a signal (the `imagegate compute` command).
+pub async fn run(config: ComputeConfig) -> anyhow::Result<()> {
+    let listener = bind(config.listen, "compute.listen").await?;
+    let metrics = bind(config.metrics_listen, "compute.metrics_listen").await?;
+    ComputeServer::new(config)
+        .serve(listener, Some(metrics), crate::shutdown::signal())
+        .await
+}
+
+/// Binds or fails loudly, naming what it tried to bind.
+pub async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {addr} ({what}): {e}"))
+}

@@ -1,0 +1,153 @@
+//! Resize: the box rules (fit / exact, a 0 side derived from the other, per-side and
+//! produced-pixel limits) and the resampling itself with fast_image_resize (SIMD Lanczos3, with
+//! alpha premultiplied so that transparent pixels don't bleed dark fringes).
+
+use fast_image_resize as fr;
+use image::{DynamicImage, RgbImage, RgbaImage};
+
+use super::{Limits, OpError, ResizeSpec};
+
+/// Largest resize box side a request may ask for.
+pub const MAX_SIDE: u32 = 16384;
+
+/// Check the box alone (no image needed): 0×0, a side above [`MAX_SIDE`], or an exact resize
+/// with a 0 side are the caller's mistakes.
+pub(crate) fn validate(spec: &ResizeSpec) -> Result<(), OpError> {
+    if spec.width == 0 && spec.height == 0 {
+        return Err(OpError::BadParameter(
+            "resize box is 0x0: give a width, a height, or both".to_string(),
+        ));
+    }
+    if spec.width > MAX_SIDE || spec.height > MAX_SIDE {
+        return Err(OpError::BadParameter(format!(
+            "resize box {}x{} is above the limit of {MAX_SIDE} pixels per side",
+            spec.width, spec.height
+        )));
+    }
+    if !spec.keep_aspect && (spec.width == 0 || spec.height == 0) {
+        return Err(OpError::BadParameter(format!(
+            "an exact resize needs both width and height, got {}x{}",
+            spec.width, spec.height
+        )));
+    }
+    Ok(())
+}
+
+/// Output size for an upright `width`×`height` image, checked against the produced-pixel limit
+/// before anything is allocated.
+pub(crate) fn target_size(
+    spec: &ResizeSpec,
+    width: u32,
+    height: u32,
+    limits: &Limits,
+) -> Result<(u32, u32), OpError> {
+    validate(spec)?;
+    let (w, h) = (f64::from(width.max(1)), f64::from(height.max(1)));
+    let (bw, bh) = (f64::from(spec.width), f64::from(spec.height));
+    // Computed in f64: a derived side can be far beyond u32 (a 1×100000 strip fit to a width).
+    let (tw, th) = if !spec.keep_aspect {
+        (bw, bh)
+    } else if spec.height == 0 || (spec.width != 0 && bw / w <= bh / h) {
+        // Width is the side that touches the box.
+        (bw, (h * bw / w).round())
+    } else {
+        ((w * bh / h).round(), bh)
+    };
+    let (tw, th) = (tw.max(1.0), th.max(1.0));
+    let pixels = tw * th;
+    if pixels > limits.max_pixels as f64 {
+        return Err(OpError::PixelLimit(format!(
+            "resizing {width}x{height} to fit {}x{} would produce {tw}x{th} = {pixels} pixels, \
+             above the limit of {}",
+            spec.width, spec.height, limits.max_pixels
+        )));
+    }
+    if tw > f64::from(u32::MAX) || th > f64::from(u32::MAX) {
+        return Err(OpError::PixelLimit(format!(
+            "resizing {width}x{height} would produce a side of more than {} pixels",
+            u32::MAX
+        )));
+    }
+    Ok((tw as u32, th as u32))
+}
+
+/// Resample an `ImageRgb8`/`ImageRgba8` to exactly `width`×`height` (Lanczos3).
+pub(crate) fn resize_to(
+    image: DynamicImage,
+    width: u32,
+    height: u32,
+) -> Result<DynamicImage, OpError> {
+    if image.width() == width && image.height() == height {
+        return Ok(image);
+    }
+    let image = super::decode::to_rgb8_or_rgba8(image);
+    let mut dst = match &image {
+        DynamicImage::ImageRgba8(_) => DynamicImage::ImageRgba8(RgbaImage::new(width, height)),
+        _ => DynamicImage::ImageRgb8(RgbImage::new(width, height)),
+    };
+    let options =
+        fr::ResizeOptions::new().resize_alg(fr::ResizeAlg::Convolution(fr::FilterType::Lanczos3));
+    fr::Resizer::new()
+        .resize(&image, &mut dst, &options)
+        .map_err(|e| OpError::Undecodable(format!("resampling failed: {e}")))?;
+    Ok(dst)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const L: Limits = Limits {
+        max_pixels: 50_000_000,
+    };
+
+    fn fit(width: u32, height: u32) -> ResizeSpec {
+        ResizeSpec {
+            width,
+            height,
+            keep_aspect: true,
+        }
+    }
+
+    #[test]
+    fn fit_touches_the_box_on_the_limiting_side() {
+        assert_eq!(target_size(&fit(200, 200), 6000, 4000, &L).unwrap(), (200, 133));
+        assert_eq!(target_size(&fit(200, 200), 4000, 6000, &L).unwrap(), (133, 200));
+        assert_eq!(target_size(&fit(300, 100), 6000, 4000, &L).unwrap(), (150, 100));
+        assert_eq!(target_size(&fit(0, 100), 6000, 4000, &L).unwrap(), (150, 100));
+        assert_eq!(target_size(&fit(100, 0), 6000, 4000, &L).unwrap(), (100, 67));
+        assert_eq!(target_size(&fit(10, 10), 100_000, 1, &L).unwrap(), (10, 1));
+        assert_eq!(target_size(&fit(640, 480), 64, 48, &L).unwrap(), (640, 480));
+    }
+
+    #[test]
+    fn derived_side_beyond_u32_is_a_pixel_limit() {
+        let strip = target_size(&fit(16384, 0), 1, 50_000_000, &L);
+        assert!(matches!(strip, Err(OpError::PixelLimit(_))));
+        let unlimited = Limits {
+            max_pixels: u64::MAX,
+        };
+        let strip = target_size(&fit(16384, 0), 1, 4_000_000_000, &unlimited);
+        assert!(matches!(strip, Err(OpError::PixelLimit(_))));
+    }
+
+    #[test]
+    fn rgba_resize_keeps_alpha_without_dark_fringes() {
+        // Opaque white next to fully transparent black: premultiplied resampling must not
+        // darken the white.
+        let img = RgbaImage::from_fn(64, 8, |x, _| {
+            if x < 32 {
+                image::Rgba([255, 255, 255, 255])
+            } else {
+                image::Rgba([0, 0, 0, 0])
+            }
+        });
+        let out = resize_to(DynamicImage::ImageRgba8(img), 16, 2).unwrap().into_rgba8();
+        for x in 0..16 {
+            let p = out.get_pixel(x, 0).0;
+            if p[3] > 16 {
+                assert!(p[0] > 240, "pixel {x}: {p:?}");
+            }
+        }
+    }
+}

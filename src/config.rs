@@ -1,0 +1,551 @@
+//! Configuration: one TOML file plus environment overrides, validated at start.
+//!
+//! Sources, later wins: built-in defaults (they run the whole system on loopback), the TOML
+//! file (`--config` or `IMAGEGATE_CONFIG`), `IMAGEGATE_*` variables (`__` between levels, e.g.
+//! `IMAGEGATE_LANES__HEAVY__MAX_IN_FLIGHT=64`), and the seed's `GRPC_COMPUTE_URL`. Unknown keys
+//! and bad values are refused with a message that names the key.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// A byte size written as `"64MiB"`, `"512KiB"` or a plain integer of bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Size(pub u64);
+
+impl Size {
+    pub const fn mib(n: u64) -> Self {
+        Size(n * 1024 * 1024)
+    }
+    pub const fn kib(n: u64) -> Self {
+        Size(n * 1024)
+    }
+    pub fn as_usize(self) -> usize {
+        usize::try_from(self.0).unwrap_or(usize::MAX)
+    }
+}
+
+impl Serialize for Size {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Size {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(u64),
+            Str(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Int(n) => Ok(Size(n)),
+            Raw::Str(s) => s
+                .trim()
+                .parse::<bytesize::ByteSize>()
+                .map(|b| Size(b.as_u64()))
+                .map_err(|e| {
+                    serde::de::Error::custom(format!(
+                        "invalid size {s:?} ({e}); write e.g. \"64MiB\" or \"512KiB\""
+                    ))
+                }),
+        }
+    }
+}
+
+/// How the BFF reaches compute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Two lanes, each with its own connections and limits (default).
+    Bulkhead,
+    /// The seed's design: one TCP connection for every call (kept for comparison).
+    Shared,
+}
+
+/// The whole configuration of both processes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// `bulkhead` or `shared`.
+    pub mode: Mode,
+    /// Where the BFF finds compute: `host:port`, `http://host:port`.
+    pub compute_url: String,
+    pub bff: BffConfig,
+    pub compute: ComputeConfig,
+    pub lanes: Lanes,
+    /// RPC → lane: keys `"compute.ImageService"` or `"compute.ImageService/Compress"` (wins).
+    pub routes: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BffConfig {
+    pub listen: SocketAddr,
+    /// Actix worker threads (0 = one per core).
+    pub workers: usize,
+    /// Largest single uploaded file.
+    pub max_file_size: Size,
+    /// Largest whole request body.
+    pub max_request_size: Size,
+    /// Most `file` parts in one batch.
+    pub max_files: usize,
+    /// Largest text form field (quality, text, …).
+    pub max_field_size: Size,
+    /// Most text fields in one request (stops "thousands of parts").
+    pub max_fields: usize,
+    /// Deadline of the `/health` check over the realtime lane.
+    #[serde(with = "humantime_serde")]
+    pub health_timeout: Duration,
+    /// How long a client may take to send its request headers.
+    #[serde(with = "humantime_serde")]
+    pub client_request_timeout: Duration,
+    /// Graceful shutdown: how long in-flight requests may take to finish.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ComputeConfig {
+    pub listen: SocketAddr,
+    pub metrics_listen: SocketAddr,
+    /// Largest gRPC message received or sent.
+    pub max_message_size: Size,
+    /// Largest decoded or produced image, in pixels.
+    pub max_pixels: u64,
+    /// CPU pool threads for image work (0 = one per core).
+    pub workers: usize,
+    /// Jobs that may wait for a CPU thread; beyond that, RESOURCE_EXHAUSTED / QUEUE_FULL.
+    pub queue_capacity: usize,
+    /// Graceful shutdown: how long in-flight work may take to finish.
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Lanes {
+    pub heavy: LaneConfig,
+    pub realtime: LaneConfig,
+}
+
+/// One bulkhead lane's limits (CONTRACT §4).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LaneConfig {
+    /// HTTP/2 connections (each its own TCP connection) to each compute endpoint.
+    pub connections: usize,
+    /// Requests the lane lets run at once.
+    pub max_in_flight: usize,
+    /// How long a request may wait for a permit before it is shed with 503.
+    #[serde(with = "humantime_serde")]
+    pub queue_wait: Duration,
+    /// Per-call deadline, sent as grpc-timeout.
+    #[serde(with = "humantime_serde")]
+    pub deadline: Duration,
+    /// Safe retries: only UNAVAILABLE before the request reached the server.
+    pub retries: u32,
+    /// Base of the exponential, jittered retry backoff.
+    #[serde(with = "humantime_serde")]
+    pub retry_backoff: Duration,
+    /// Retries allowed as a share of recent requests (plus a small floor), so retries
+    /// cannot multiply load during an outage.
+    pub retry_budget_ratio: f32,
+    /// HTTP/2 PING keepalive.
+    #[serde(with = "humantime_serde")]
+    pub keepalive_interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub keepalive_timeout: Duration,
+    /// TCP connect timeout.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Largest gRPC message sent or received.
+    pub max_message_size: Size,
+    /// HTTP/2 receive windows (what compute may send back before we read it).
+    pub stream_window: Size,
+    pub connection_window: Size,
+    /// Threads of the lane's own Tokio runtime, which drives its HTTP/2 connections.
+    pub io_threads: usize,
+}
+
+impl LaneConfig {
+    pub fn heavy_defaults() -> Self {
+        LaneConfig {
+            connections: 4,
+            max_in_flight: 32,
+            queue_wait: Duration::from_millis(250),
+            deadline: Duration::from_secs(30),
+            retries: 2,
+            retry_backoff: Duration::from_millis(50),
+            retry_budget_ratio: 0.2,
+            keepalive_interval: Duration::from_secs(10),
+            keepalive_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(2),
+            max_message_size: Size::mib(64),
+            stream_window: Size::mib(2),
+            connection_window: Size::mib(8),
+            io_threads: 2,
+        }
+    }
+
+    pub fn realtime_defaults() -> Self {
+        LaneConfig {
+            connections: 1,
+            max_in_flight: 256,
+            queue_wait: Duration::from_millis(50),
+            deadline: Duration::from_secs(2),
+            retries: 1,
+            retry_backoff: Duration::from_millis(20),
+            retry_budget_ratio: 0.2,
+            keepalive_interval: Duration::from_secs(10),
+            keepalive_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(1),
+            max_message_size: Size::mib(4),
+            stream_window: Size::kib(256),
+            connection_window: Size::mib(1),
+            io_threads: 1,
+        }
+    }
+
+    fn validate(&self, key: &str, errors: &mut Vec<String>) {
+        let mut check = |ok: bool, field: &str, why: &str| {
+            if !ok {
+                errors.push(format!("lanes.{key}.{field}: {why}"));
+            }
+        };
+        check(
+            (1..=64).contains(&self.connections),
+            "connections",
+            "must be 1..=64",
+        );
+        check(
+            (1..=100_000).contains(&self.max_in_flight),
+            "max_in_flight",
+            "must be 1..=100000",
+        );
+        check(
+            self.queue_wait <= Duration::from_secs(60),
+            "queue_wait",
+            "must be at most 60s",
+        );
+        check(
+            self.deadline >= Duration::from_millis(1),
+            "deadline",
+            "must be at least 1ms",
+        );
+        check(self.retries <= 10, "retries", "must be 0..=10");
+        check(
+            (0.0..=10.0).contains(&self.retry_budget_ratio),
+            "retry_budget_ratio",
+            "must be 0..=10",
+        );
+        check(
+            self.keepalive_interval >= Duration::from_millis(100),
+            "keepalive_interval",
+            "must be at least 100ms",
+        );
+        check(
+            self.keepalive_timeout >= Duration::from_millis(100),
+            "keepalive_timeout",
+            "must be at least 100ms",
+        );
+        check(
+            self.connect_timeout >= Duration::from_millis(1),
+            "connect_timeout",
+            "must be at least 1ms",
+        );
+        check(
+            (Size::kib(1)..=Size::mib(1024)).contains(&self.max_message_size),
+            "max_message_size",
+            "must be 1KiB..=1GiB",
+        );
+        check(
+            (Size::kib(64)..=Size(i32::MAX as u64)).contains(&self.stream_window),
+            "stream_window",
+            "must be 64KiB..=2GiB",
+        );
+        check(
+            (Size::kib(64)..=Size(i32::MAX as u64)).contains(&self.connection_window),
+            "connection_window",
+            "must be 64KiB..=2GiB",
+        );
+        check(
+            (1..=64).contains(&self.io_threads),
+            "io_threads",
+            "must be 1..=64",
+        );
+    }
+}
+
+/// Lane names the routing table may use.
+pub const LANE_NAMES: [&str; 2] = ["heavy", "realtime"];
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            mode: Mode::Bulkhead,
+            compute_url: "http://127.0.0.1:50051".into(),
+            bff: BffConfig {
+                listen: "127.0.0.1:8080".parse().expect("valid"),
+                workers: 0,
+                max_file_size: Size::mib(20),
+                max_request_size: Size::mib(100),
+                max_files: 32,
+                max_field_size: Size::kib(64),
+                max_fields: 64,
+                health_timeout: Duration::from_secs(1),
+                client_request_timeout: Duration::from_secs(10),
+                shutdown_timeout: Duration::from_secs(30),
+            },
+            compute: ComputeConfig {
+                listen: "127.0.0.1:50051".parse().expect("valid"),
+                metrics_listen: "127.0.0.1:9464".parse().expect("valid"),
+                max_message_size: Size::mib(64),
+                max_pixels: 50_000_000,
+                workers: 0,
+                queue_capacity: 64,
+                drain_timeout: Duration::from_secs(30),
+            },
+            lanes: Lanes {
+                heavy: LaneConfig::heavy_defaults(),
+                realtime: LaneConfig::realtime_defaults(),
+            },
+            routes: default_routes(),
+        }
+    }
+}
+
+fn default_routes() -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("compute.ImageService".to_string(), "heavy".to_string()),
+        ("compute.HealthService".to_string(), "realtime".to_string()),
+    ])
+}
+
+impl Config {
+    /// Defaults, then the file (if any), then `IMAGEGATE_*` and `GRPC_COMPUTE_URL`; validated.
+    pub fn load(file: Option<&Path>) -> anyhow::Result<Config> {
+        let file = file
+            .map(Path::to_path_buf)
+            .or_else(|| std::env::var_os("IMAGEGATE_CONFIG").map(Into::into));
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = &file {
+            if !path.exists() {
+                anyhow::bail!("config file {} does not exist", path.display());
+            }
+            figment = figment.merge(Toml::file(path));
+        }
+        Self::from_figment(figment.merge(env_provider()))
+    }
+
+    /// Defaults merged with a TOML string (tests and examples), no environment.
+    pub fn from_toml(toml: &str) -> anyhow::Result<Config> {
+        Self::from_figment(
+            Figment::from(Serialized::defaults(Config::default())).merge(Toml::string(toml)),
+        )
+    }
+
+    fn from_figment(figment: Figment) -> anyhow::Result<Config> {
+        let mut config: Config = figment
+            .extract()
+            .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+        config.compute_url = normalize_compute_url(&config.compute_url)
+            .map_err(|why| anyhow::anyhow!("invalid configuration: compute_url: {why}"))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks every value and reports all bad keys at once.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let mut errors = Vec::new();
+        self.lanes.heavy.validate("heavy", &mut errors);
+        self.lanes.realtime.validate("realtime", &mut errors);
+        let b = &self.bff;
+        if b.max_file_size.0 == 0 {
+            errors.push("bff.max_file_size: must be above 0".into());
+        }
+        if b.max_request_size < b.max_file_size {
+            errors.push("bff.max_request_size: must be at least bff.max_file_size".into());
+        }
+        if !(1..=10_000).contains(&b.max_files) {
+            errors.push("bff.max_files: must be 1..=10000".into());
+        }
+        if !(1..=10_000).contains(&b.max_fields) {
+            errors.push("bff.max_fields: must be 1..=10000".into());
+        }
+        if b.max_field_size < Size(16) {
+            errors.push("bff.max_field_size: must be at least 16 bytes".into());
+        }
+        let c = &self.compute;
+        if c.max_pixels == 0 {
+            errors.push("compute.max_pixels: must be above 0".into());
+        }
+        if c.max_message_size < Size::kib(1) {
+            errors.push("compute.max_message_size: must be at least 1KiB".into());
+        }
+        if c.queue_capacity == 0 {
+            errors.push("compute.queue_capacity: must be above 0".into());
+        }
+        for (key, lane) in &self.routes {
+            if !is_route_key(key) {
+                errors.push(format!(
+                    "routes.\"{key}\": a key is a service (\"compute.ImageService\") or a method (\"compute.ImageService/Compress\")"
+                ));
+            }
+            if !LANE_NAMES.contains(&lane.as_str()) {
+                errors.push(format!(
+                    "routes.\"{key}\": unknown lane {lane:?}, expected one of {LANE_NAMES:?}"
+                ));
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            anyhow::bail!("invalid configuration:\n  {}", errors.join("\n  "))
+        }
+    }
+
+    /// The lane an RPC path (`/compute.ImageService/Compress`) is routed to: the method's own
+    /// entry wins over its service's; unrouted RPCs go to `heavy`.
+    pub fn lane_for(&self, path: &str) -> &str {
+        let path = path.trim_start_matches('/');
+        let service = path.split('/').next().unwrap_or(path);
+        self.routes
+            .get(path)
+            .or_else(|| self.routes.get(service))
+            .map(String::as_str)
+            .unwrap_or("heavy")
+    }
+}
+
+fn is_route_key(key: &str) -> bool {
+    let mut parts = key.split('/');
+    let service = parts.next().unwrap_or("");
+    let method = parts.next();
+    let ident = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    parts.next().is_none()
+        && service.split('.').all(ident)
+        && service.contains('.')
+        && method.is_none_or(ident)
+}
+
+/// `IMAGEGATE_A__B=…` → `a.b`, and `GRPC_COMPUTE_URL` → `compute_url`.
+fn env_provider() -> Figment {
+    Figment::new()
+        .merge(
+            Env::prefixed("IMAGEGATE_")
+                .split("__")
+                .filter(|k| k.as_str() != "config"),
+        )
+        .merge(
+            Env::raw()
+                .only(&["GRPC_COMPUTE_URL"])
+                .map(|_| "compute_url".into()),
+        )
+}
+
+/// Accepts the seed's `host:port` as well as `http://host:port`.
+fn normalize_compute_url(url: &str) -> Result<String, String> {
+    let url = url.trim();
+    let with_scheme = if url.contains("://") {
+        url.to_string()
+    } else {
+        format!("http://{url}")
+    };
+    if with_scheme.starts_with("https://") {
+        return Err(format!(
+            "{url:?}: TLS to compute is not supported yet; use http://"
+        ));
+    }
+    if !with_scheme.starts_with("http://") {
+        return Err(format!("{url:?}: expected host:port or http://host:port"));
+    }
+    let uri: http::Uri = with_scheme
+        .parse()
+        .map_err(|e| format!("{url:?} is not a valid address: {e}"))?;
+    if uri.host().is_none() || uri.port_u16().is_none() {
+        return Err(format!("{url:?}: expected host:port"));
+    }
+    Ok(format!("http://{}", uri.authority().expect("has host")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_match_the_contract() {
+        let c = Config::from_toml("").unwrap();
+        assert_eq!(c.mode, Mode::Bulkhead);
+        assert_eq!(c.lanes.heavy.connections, 4);
+        assert_eq!(c.lanes.heavy.max_in_flight, 32);
+        assert_eq!(c.lanes.heavy.queue_wait, Duration::from_millis(250));
+        assert_eq!(c.lanes.heavy.deadline, Duration::from_secs(30));
+        assert_eq!(c.lanes.realtime.connections, 1);
+        assert_eq!(c.lanes.realtime.max_in_flight, 256);
+        assert_eq!(c.lanes.realtime.max_message_size, Size::mib(4));
+        assert_eq!(c.lane_for("/compute.ImageService/Compress"), "heavy");
+        assert_eq!(c.lane_for("/compute.HealthService/Check"), "realtime");
+    }
+
+    #[test]
+    fn a_partial_lane_table_keeps_that_lanes_defaults() {
+        let c = Config::from_toml("[lanes.realtime]\nmax_in_flight = 7\nqueue_wait = \"5ms\"")
+            .unwrap();
+        assert_eq!(c.lanes.realtime.max_in_flight, 7);
+        assert_eq!(c.lanes.realtime.queue_wait, Duration::from_millis(5));
+        assert_eq!(c.lanes.realtime.deadline, Duration::from_secs(2));
+        assert_eq!(c.lanes.heavy.max_in_flight, 32);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_name_the_key() {
+        let e = Config::from_toml("[lanes.heavy]\nmax_inflight = 3").unwrap_err();
+        assert!(e.to_string().contains("max_inflight"), "{e}");
+        let e = Config::from_toml("[lanes.heavy]\nmax_in_flight = 0").unwrap_err();
+        assert!(e.to_string().contains("lanes.heavy.max_in_flight"), "{e}");
+        let e = Config::from_toml("[lanes.heavy]\nqueue_wait = \"soon\"").unwrap_err();
+        assert!(e.to_string().contains("queue_wait"), "{e}");
+        let e = Config::from_toml("[lanes.heavy]\nmax_message_size = \"lots\"").unwrap_err();
+        assert!(e.to_string().contains("max_message_size"), "{e}");
+        let e = Config::from_toml("[routes]\n\"compute.ImageService\" = \"fast\"").unwrap_err();
+        assert!(e.to_string().contains("compute.ImageService"), "{e}");
+    }
+
+    #[test]
+    fn method_routes_win_over_service_routes() {
+        let c = Config::from_toml("[routes]\n\"compute.ImageService/Resize\" = \"realtime\"")
+            .unwrap();
+        assert_eq!(c.lane_for("/compute.ImageService/Resize"), "realtime");
+        assert_eq!(c.lane_for("/compute.ImageService/Compress"), "heavy");
+    }
+
+    #[test]
+    fn compute_url_accepts_the_seeds_forms() {
+        assert_eq!(
+            normalize_compute_url("localhost:50051").unwrap(),
+            "http://localhost:50051"
+        );
+        assert_eq!(
+            normalize_compute_url("http://10.0.0.1:9000").unwrap(),
+            "http://10.0.0.1:9000"
+        );
+        assert!(normalize_compute_url("localhost").is_err());
+        assert!(normalize_compute_url("ftp://x:1").is_err());
+    }
+
+    #[test]
+    fn sizes_parse_from_strings_and_integers() {
+        let c = Config::from_toml("[bff]\nmax_file_size = \"1MiB\"\nmax_request_size = 2097152")
+            .unwrap();
+        assert_eq!(c.bff.max_file_size, Size::mib(1));
+        assert_eq!(c.bff.max_request_size, Size::mib(2));
+    }
+}

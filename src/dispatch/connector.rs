@@ -1,0 +1,129 @@
+//! The lanes' TCP connector: every real connection a lane makes goes through here, so this is
+//! where open connections and bytes are counted (measured, not echoed from config), socket
+//! options are set, and where TLS will plug in.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use hyper_util::rt::TokioIo;
+use prometheus::{IntCounter, IntGauge};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+/// Counters one lane's connections report into.
+#[derive(Clone)]
+pub struct ConnectionMetrics {
+    pub open: IntGauge,
+    pub bytes_sent: IntCounter,
+    pub bytes_received: IntCounter,
+}
+
+/// A `tower::Service<Uri>` that opens metered TCP connections.
+#[derive(Clone)]
+pub struct MeteredConnector {
+    pub metrics: ConnectionMetrics,
+    pub connect_timeout: Duration,
+}
+
+impl tower::Service<http::Uri> for MeteredConnector {
+    type Response = TokioIo<MeteredStream>;
+    type Error = io::Error;
+    type Future = Pin<Box<dyn Future<Output = io::Result<Self::Response>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: http::Uri) -> Self::Future {
+        let metrics = self.metrics.clone();
+        let timeout = self.connect_timeout;
+        Box::pin(async move {
+            let host = uri
+                .host()
+                .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no host in URI"))?
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string();
+            let port = uri.port_u16().unwrap_or(80);
+            let stream = tokio::time::timeout(timeout, TcpStream::connect((host.as_str(), port)))
+                .await
+                .map_err(|_| {
+                    io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("connecting to {host}:{port} took longer than {timeout:?}"),
+                    )
+                })??;
+            // gRPC frames are small writes that must not wait for Nagle.
+            stream.set_nodelay(true)?;
+            metrics.open.inc();
+            Ok(TokioIo::new(MeteredStream {
+                inner: stream,
+                metrics,
+            }))
+        })
+    }
+}
+
+/// A TCP stream that counts its bytes and its own lifetime in the lane's metrics.
+pub struct MeteredStream {
+    inner: TcpStream,
+    metrics: ConnectionMetrics,
+}
+
+impl Drop for MeteredStream {
+    fn drop(&mut self) {
+        self.metrics.open.dec();
+    }
+}
+
+impl AsyncRead for MeteredStream {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let result = Pin::new(&mut this.inner).poll_read(cx, buf);
+        let read = buf.filled().len() - before;
+        if read > 0 {
+            this.metrics.bytes_received.inc_by(read as u64);
+        }
+        result
+    }
+}
+
+impl AsyncWrite for MeteredStream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let result = Pin::new(&mut this.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = result {
+            this.metrics.bytes_sent.inc_by(n as u64);
+        }
+        result
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let result = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = result {
+            this.metrics.bytes_sent.inc_by(n as u64);
+        }
+        result
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}

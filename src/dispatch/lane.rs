@@ -1,0 +1,361 @@
+//! A bulkhead lane: admission (a resizable permit counter with a bounded wait, then shedding),
+//! a pool of its own TCP connections, per-call deadline sent as grpc-timeout, safe retries with
+//! jittered exponential backoff under a retry budget, and the lane's metrics.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use futures_util::Stream;
+use tokio::time::{Instant, Sleep};
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+use tower::retry::budget::{Budget, TpsBudget};
+
+use super::limiter::{Limiter, Permit};
+use super::metrics::{code_name, rejected, LaneMetrics};
+use super::pool::ChannelPool;
+use super::DispatchError;
+use crate::config::LaneConfig;
+
+/// One lane: its limits (swappable at run time), permits, connections and metrics.
+pub struct Lane {
+    name: &'static str,
+    config: ArcSwap<LaneConfig>,
+    limiter: Arc<Limiter>,
+    pool: Arc<ChannelPool>,
+    budget: ArcSwap<TpsBudget>,
+    metrics: LaneMetrics,
+}
+
+/// Decrements the in-flight gauge when the call (or stream) ends, however it ends.
+struct InFlight {
+    gauge: prometheus::IntGauge,
+    _permit: Permit,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.gauge.dec();
+    }
+}
+
+fn budget_for(config: &LaneConfig) -> TpsBudget {
+    // Retries may add `retry_budget_ratio` of the last 10 s of calls, plus 1 per second.
+    TpsBudget::new(Duration::from_secs(10), 1, config.retry_budget_ratio)
+}
+
+impl Lane {
+    pub fn new(name: &'static str, config: LaneConfig, pool: Arc<ChannelPool>, metrics: LaneMetrics) -> Self {
+        let limiter = Limiter::new(config.max_in_flight);
+        metrics.limit.set(config.max_in_flight as i64);
+        Lane {
+            name,
+            budget: ArcSwap::from_pointee(budget_for(&config)),
+            config: ArcSwap::from_pointee(config),
+            limiter,
+            pool,
+            metrics,
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// The limits in force.
+    pub fn config(&self) -> Arc<LaneConfig> {
+        self.config.load_full()
+    }
+
+    pub fn metrics(&self) -> &LaneMetrics {
+        &self.metrics
+    }
+
+    pub fn pool(&self) -> &Arc<ChannelPool> {
+        &self.pool
+    }
+
+    /// Applies new limits (max in flight, queue wait, deadline, retries, budget) to calls
+    /// admitted from now on; calls in flight finish under the old ones. Connection settings
+    /// (connections, keepalive, windows, message size) take effect for new lanes only.
+    pub fn set_limits(&self, config: LaneConfig) {
+        self.limiter.set_limit(config.max_in_flight);
+        self.metrics.limit.set(config.max_in_flight as i64);
+        if config.retry_budget_ratio != self.config.load().retry_budget_ratio {
+            self.budget.store(Arc::new(budget_for(&config)));
+        }
+        self.config.store(Arc::new(config));
+    }
+
+    /// Waits up to the lane's queue wait for a permit, or sheds the call.
+    async fn admit(&self, config: &LaneConfig) -> Result<InFlight, DispatchError> {
+        let start = Instant::now();
+        let permit = self.limiter.acquire(config.queue_wait).await;
+        self.metrics
+            .queue_wait
+            .observe(start.elapsed().as_secs_f64());
+        let Some(permit) = permit else {
+            self.metrics.rejected(rejected::SATURATED).inc();
+            return Err(DispatchError::Saturated {
+                lane: self.name,
+                retry_after: retry_after(config),
+            });
+        };
+        self.metrics.in_flight.inc();
+        Ok(InFlight {
+            gauge: self.metrics.in_flight.clone(),
+            _permit: permit,
+        })
+    }
+
+    /// Sends one unary call with this lane's limits. `call` receives a channel and a request
+    /// carrying the remaining deadline; it may be invoked again for a safe retry.
+    pub async fn unary<Req, Resp, F, Fut>(&self, method: &'static str, request: Req, call: F) -> Result<Resp, DispatchError>
+    where
+        Req: Clone,
+        F: Fn(Channel, tonic::Request<Req>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
+    {
+        let config = self.config.load_full();
+        let _in_flight = self.admit(&config).await?;
+        let started = Instant::now();
+        let deadline = started + config.deadline;
+        let result = self.with_retries(&config, deadline, request, &call).await;
+        let code = match &result {
+            Ok(_) => Code::Ok,
+            Err(DispatchError::Deadline { .. }) => Code::DeadlineExceeded,
+            Err(DispatchError::Status(s)) => s.code(),
+            Err(_) => Code::Unavailable,
+        };
+        self.metrics
+            .request(method, code_name(code), started.elapsed().as_secs_f64());
+        result.map(tonic::Response::into_inner)
+    }
+
+    /// Opens a server-streaming call; the permit and the deadline belong to the returned
+    /// stream, so a client that goes away releases both at once.
+    pub async fn server_streaming<Req, Item, F, Fut>(
+        &self,
+        method: &'static str,
+        request: Req,
+        call: F,
+    ) -> Result<LaneStream<Item>, DispatchError>
+    where
+        Req: Clone,
+        F: Fn(Channel, tonic::Request<Req>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<tonic::Streaming<Item>>, Status>>,
+    {
+        let config = self.config.load_full();
+        let in_flight = self.admit(&config).await?;
+        let started = Instant::now();
+        let deadline = started + config.deadline;
+        match self.with_retries(&config, deadline, request, &call).await {
+            Ok(response) => Ok(LaneStream {
+                inner: response.into_inner(),
+                lane: self.name,
+                deadline: Box::pin(tokio::time::sleep_until(deadline)),
+                deadline_len: config.deadline,
+                finished: false,
+                record: Some(StreamRecord {
+                    metrics: self.metrics.clone(),
+                    method,
+                    started,
+                    in_flight,
+                }),
+            }),
+            Err(e) => {
+                let code = match &e {
+                    DispatchError::Deadline { .. } => Code::DeadlineExceeded,
+                    DispatchError::Status(s) => s.code(),
+                    _ => Code::Unavailable,
+                };
+                self.metrics
+                    .request(method, code_name(code), started.elapsed().as_secs_f64());
+                Err(e)
+            }
+        }
+    }
+
+    async fn with_retries<Req, Resp, F, Fut>(
+        &self,
+        config: &LaneConfig,
+        deadline: Instant,
+        request: Req,
+        call: &F,
+    ) -> Result<tonic::Response<Resp>, DispatchError>
+    where
+        Req: Clone,
+        F: Fn(Channel, tonic::Request<Req>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
+    {
+        let budget = self.budget.load_full();
+        budget.deposit();
+        let mut attempt = 0;
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                return Err(self.deadline_exceeded(config));
+            }
+            let channel = self.pool.pick().await;
+            let mut req = tonic::Request::new(request.clone());
+            req.set_timeout(remaining);
+            let outcome = tokio::time::timeout_at(deadline, call(channel, req)).await;
+            let status = match outcome {
+                Err(_) => return Err(self.deadline_exceeded(config)),
+                Ok(Ok(response)) => return Ok(response),
+                Ok(Err(status)) => status,
+            };
+            // The server's own deadline timer may answer CANCELLED just as ours fires.
+            if matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled) && Instant::now() >= deadline {
+                return Err(self.deadline_exceeded(config));
+            }
+            if attempt >= config.retries || !never_reached_server(&status) || !budget.withdraw() {
+                return Err(DispatchError::Status(status));
+            }
+            attempt += 1;
+            let backoff = backoff(config.retry_backoff, attempt);
+            if Instant::now() + backoff >= deadline {
+                return Err(DispatchError::Status(status));
+            }
+            tracing::debug!(lane = self.name, attempt, ?backoff, "retrying a call that never reached compute");
+            tokio::time::sleep(backoff).await;
+        }
+    }
+
+    fn deadline_exceeded(&self, config: &LaneConfig) -> DispatchError {
+        self.metrics.rejected(rejected::DEADLINE).inc();
+        DispatchError::Deadline {
+            lane: self.name,
+            deadline: config.deadline,
+        }
+    }
+}
+
+/// How long a shed client should wait before trying again: at least a second (the header
+/// has whole seconds), longer for a lane whose calls take longer.
+fn retry_after(config: &LaneConfig) -> Duration {
+    Duration::from_secs(1).max(config.queue_wait * 4)
+}
+
+/// `base · 2^(attempt-1)`, with ±50 % jitter, capped at 5 s.
+pub fn backoff(base: Duration, attempt: u32) -> Duration {
+    let exp = base.saturating_mul(1 << (attempt - 1).min(16));
+    let jittered = exp.mul_f64(0.5 + fastrand::f64());
+    jittered.min(Duration::from_secs(5))
+}
+
+/// True when the call failed before any byte of it reached the server: the connection could
+/// not be made. Only then is a retry safe for a non-idempotent call.
+pub fn never_reached_server(status: &Status) -> bool {
+    if status.code() != Code::Unavailable {
+        return false;
+    }
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
+    while let Some(err) = source {
+        if err.is::<tonic::ConnectError>() {
+            return true;
+        }
+        source = err.source();
+    }
+    false
+}
+
+struct StreamRecord {
+    metrics: LaneMetrics,
+    method: &'static str,
+    started: Instant,
+    in_flight: InFlight,
+}
+
+/// A server stream that holds its lane permit and enforces the lane deadline to its end.
+pub struct LaneStream<T> {
+    inner: tonic::Streaming<T>,
+    lane: &'static str,
+    deadline: Pin<Box<Sleep>>,
+    deadline_len: Duration,
+    finished: bool,
+    record: Option<StreamRecord>,
+}
+
+impl<T> LaneStream<T> {
+    fn finish(&mut self, code: Code) {
+        self.finished = true;
+        if let Some(r) = self.record.take() {
+            if code == Code::DeadlineExceeded {
+                r.metrics.rejected(rejected::DEADLINE).inc();
+            }
+            r.metrics
+                .request(r.method, code_name(code), r.started.elapsed().as_secs_f64());
+            drop(r.in_flight);
+        }
+    }
+}
+
+impl<T> Drop for LaneStream<T> {
+    fn drop(&mut self) {
+        // Dropped before its end: the client went away.
+        self.finish(Code::Cancelled);
+    }
+}
+
+impl<T> Stream for LaneStream<T> {
+    type Item = Result<T, DispatchError>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        if this.finished {
+            return Poll::Ready(None);
+        }
+        if this.deadline.as_mut().poll(cx).is_ready() {
+            let err = DispatchError::Deadline {
+                lane: this.lane,
+                deadline: this.deadline_len,
+            };
+            this.finish(Code::DeadlineExceeded);
+            return Poll::Ready(Some(Err(err)));
+        }
+        match Pin::new(&mut this.inner).poll_next(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Some(Ok(item))) => Poll::Ready(Some(Ok(item))),
+            Poll::Ready(Some(Err(status))) => {
+                this.finish(status.code());
+                Poll::Ready(Some(Err(DispatchError::Status(status))))
+            }
+            Poll::Ready(None) => {
+                this.finish(Code::Ok);
+                Poll::Ready(None)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_exponentially_with_jitter_and_a_cap() {
+        for _ in 0..100 {
+            let b1 = backoff(Duration::from_millis(100), 1);
+            assert!(b1 >= Duration::from_millis(50) && b1 <= Duration::from_millis(150), "{b1:?}");
+            let b3 = backoff(Duration::from_millis(100), 3);
+            assert!(b3 >= Duration::from_millis(200) && b3 <= Duration::from_millis(600), "{b3:?}");
+            assert!(backoff(Duration::from_secs(10), 10) <= Duration::from_secs(5));
+        }
+    }
+
+    #[test]
+    fn only_connect_failures_are_safe_to_retry() {
+        assert!(!never_reached_server(&Status::unavailable("server went away")));
+        assert!(!never_reached_server(&Status::internal("boom")));
+        let mut s = Status::unavailable("connect failed");
+        s.set_source(Arc::new(tonic::ConnectError(Box::new(std::io::Error::from(
+            std::io::ErrorKind::ConnectionRefused,
+        )))));
+        assert!(never_reached_server(&s));
+    }
+}

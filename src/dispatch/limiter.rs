@@ -1,0 +1,145 @@
+//! A lane's admission control: one permit counter shared by the whole lane, whose capacity can
+//! grow and shrink at run time. Lowering the limit never interrupts calls in flight: the
+//! excess permits are retired as those calls finish.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// A resizable concurrency limit.
+#[derive(Debug)]
+pub struct Limiter {
+    semaphore: Arc<Semaphore>,
+    state: Mutex<LimitState>,
+}
+
+#[derive(Debug)]
+struct LimitState {
+    limit: usize,
+    /// Permits still held by callers that must be retired when released (after a shrink).
+    debt: usize,
+}
+
+/// Held for the whole call (for a stream, until the stream is dropped).
+#[derive(Debug)]
+pub struct Permit {
+    permit: Option<OwnedSemaphorePermit>,
+    limiter: Arc<Limiter>,
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        let Some(permit) = self.permit.take() else { return };
+        let mut state = self.limiter.state.lock().expect("limiter lock");
+        if state.debt > 0 {
+            state.debt -= 1;
+            permit.forget();
+        }
+    }
+}
+
+impl Limiter {
+    pub fn new(limit: usize) -> Arc<Self> {
+        Arc::new(Limiter {
+            semaphore: Arc::new(Semaphore::new(limit)),
+            state: Mutex::new(LimitState { limit, debt: 0 }),
+        })
+    }
+
+    /// The limit in force.
+    pub fn limit(&self) -> usize {
+        self.state.lock().expect("limiter lock").limit
+    }
+
+    /// Waits up to `wait` for a permit; `None` means the lane is saturated (shed the call).
+    pub async fn acquire(self: &Arc<Self>, wait: Duration) -> Option<Permit> {
+        let semaphore = self.semaphore.clone();
+        let permit = match semaphore.clone().try_acquire_owned() {
+            Ok(p) => Some(p),
+            Err(_) if wait.is_zero() => None,
+            Err(_) => tokio::time::timeout(wait, semaphore.acquire_owned())
+                .await
+                .ok()
+                .and_then(Result::ok),
+        }?;
+        Some(Permit {
+            permit: Some(permit),
+            limiter: self.clone(),
+        })
+    }
+
+    /// Changes the limit; calls in flight keep their permits.
+    pub fn set_limit(&self, new: usize) {
+        let mut state = self.state.lock().expect("limiter lock");
+        let old = state.limit;
+        if new > old {
+            let grow = new - old;
+            let repaid = grow.min(state.debt);
+            state.debt -= repaid;
+            self.semaphore.add_permits(grow - repaid);
+        } else if new < old {
+            let shrink = old - new;
+            let forgotten = self.semaphore.forget_permits(shrink);
+            state.debt += shrink - forgotten;
+        }
+        state.limit = new;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn sheds_after_the_queue_wait() {
+        let l = Limiter::new(1);
+        let held = l.acquire(Duration::ZERO).await.unwrap();
+        let start = tokio::time::Instant::now();
+        assert!(l.acquire(Duration::from_millis(250)).await.is_none());
+        assert_eq!(start.elapsed(), Duration::from_millis(250));
+        drop(held);
+        assert!(l.acquire(Duration::ZERO).await.is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiter_gets_a_released_permit() {
+        let l = Limiter::new(1);
+        let held = l.acquire(Duration::ZERO).await.unwrap();
+        let l2 = l.clone();
+        let waiter = tokio::spawn(async move { l2.acquire(Duration::from_secs(1)).await.is_some() });
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        drop(held);
+        assert!(waiter.await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn shrinking_lets_calls_finish_then_enforces_the_new_limit() {
+        let l = Limiter::new(3);
+        let a = l.acquire(Duration::ZERO).await.unwrap();
+        let b = l.acquire(Duration::ZERO).await.unwrap();
+        l.set_limit(1);
+        assert_eq!(l.limit(), 1);
+        assert!(l.acquire(Duration::ZERO).await.is_none(), "two in flight, limit one");
+        drop(a);
+        assert!(l.acquire(Duration::ZERO).await.is_none(), "still one in flight");
+        drop(b);
+        let c = l.acquire(Duration::ZERO).await.unwrap();
+        assert!(l.acquire(Duration::ZERO).await.is_none());
+        drop(c);
+    }
+
+    #[tokio::test]
+    async fn growing_repays_debt_first() {
+        let l = Limiter::new(2);
+        let a = l.acquire(Duration::ZERO).await.unwrap();
+        let b = l.acquire(Duration::ZERO).await.unwrap();
+        l.set_limit(1); // debt 1
+        l.set_limit(3); // repays the debt, adds one permit
+        let c = l.acquire(Duration::ZERO).await.unwrap();
+        assert!(l.acquire(Duration::ZERO).await.is_none(), "three in flight");
+        drop((a, b, c));
+        let all: Vec<_> = [(); 3].iter().map(|_| l.semaphore.available_permits()).collect();
+        assert_eq!(all[0], 3);
+    }
+}

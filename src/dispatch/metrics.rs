@@ -1,0 +1,192 @@
+//! The lanes' Prometheus families (`imagegate_lane_*`), registered once per dispatcher, and
+//! the per-lane handles each lane records into.
+
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
+};
+
+use super::connector::ConnectionMetrics;
+use crate::metrics::{register, LATENCY_BUCKETS};
+
+/// Reasons a lane sheds a call without sending it.
+pub mod rejected {
+    pub const SATURATED: &str = "saturated";
+    pub const CIRCUIT_OPEN: &str = "circuit_open";
+    pub const DEADLINE: &str = "deadline";
+}
+
+/// The families; each lane takes its labelled children with [`LaneMetricFamilies::for_lane`].
+#[derive(Clone)]
+pub struct LaneMetricFamilies {
+    requests: IntCounterVec,
+    duration: HistogramVec,
+    in_flight: IntGaugeVec,
+    queue_wait: HistogramVec,
+    rejected: IntCounterVec,
+    limit: IntGaugeVec,
+    connections: IntGaugeVec,
+    bytes_sent: IntCounterVec,
+    bytes_received: IntCounterVec,
+}
+
+/// One lane's metric handles (label `lane` already applied).
+#[derive(Clone)]
+pub struct LaneMetrics {
+    pub label: String,
+    families: LaneMetricFamilies,
+    pub in_flight: IntGauge,
+    pub queue_wait: Histogram,
+    pub limit: IntGauge,
+    pub connections: ConnectionMetrics,
+}
+
+impl LaneMetrics {
+    pub fn request(&self, method: &str, code: &str, seconds: f64) {
+        self.families
+            .requests
+            .with_label_values(&[&self.label, method, code])
+            .inc();
+        self.families
+            .duration
+            .with_label_values(&[&self.label, method])
+            .observe(seconds);
+    }
+
+    pub fn rejected(&self, reason: &str) -> IntCounter {
+        self.families
+            .rejected
+            .with_label_values(&[&self.label, reason])
+    }
+}
+
+impl LaneMetricFamilies {
+    pub fn new(registry: &Registry) -> Self {
+        let lane = &["lane"];
+        LaneMetricFamilies {
+            requests: register(
+                registry,
+                IntCounterVec::new(
+                    Opts::new("imagegate_lane_requests_total", "Calls sent on a lane, by method and gRPC status."),
+                    &["lane", "method", "code"],
+                )
+                .expect("valid metric"),
+            ),
+            duration: register(
+                registry,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "imagegate_lane_request_duration_seconds",
+                        "Time from admission to the call's end (for a stream, its last message), retries included.",
+                    )
+                    .buckets(LATENCY_BUCKETS.to_vec()),
+                    &["lane", "method"],
+                )
+                .expect("valid metric"),
+            ),
+            in_flight: register(
+                registry,
+                IntGaugeVec::new(
+                    Opts::new("imagegate_lane_in_flight", "Calls holding a lane permit now."),
+                    lane,
+                )
+                .expect("valid metric"),
+            ),
+            queue_wait: register(
+                registry,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "imagegate_lane_queue_wait_seconds",
+                        "Time a call waited for a lane permit (admitted or shed).",
+                    )
+                    .buckets(vec![0.0001, 0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]),
+                    lane,
+                )
+                .expect("valid metric"),
+            ),
+            rejected: register(
+                registry,
+                IntCounterVec::new(
+                    Opts::new("imagegate_lane_rejected_total", "Calls a lane refused or cut short, by reason."),
+                    &["lane", "reason"],
+                )
+                .expect("valid metric"),
+            ),
+            limit: register(
+                registry,
+                IntGaugeVec::new(
+                    Opts::new("imagegate_lane_limit", "The lane's concurrency limit in force."),
+                    lane,
+                )
+                .expect("valid metric"),
+            ),
+            connections: register(
+                registry,
+                IntGaugeVec::new(
+                    Opts::new("imagegate_lane_connections", "Open HTTP/2 (TCP) connections of the lane."),
+                    lane,
+                )
+                .expect("valid metric"),
+            ),
+            bytes_sent: register(
+                registry,
+                IntCounterVec::new(
+                    Opts::new("imagegate_lane_bytes_sent_total", "Bytes written to the lane's TCP connections."),
+                    lane,
+                )
+                .expect("valid metric"),
+            ),
+            bytes_received: register(
+                registry,
+                IntCounterVec::new(
+                    Opts::new("imagegate_lane_bytes_received_total", "Bytes read from the lane's TCP connections."),
+                    lane,
+                )
+                .expect("valid metric"),
+            ),
+        }
+    }
+
+    /// Handles for `label`; the rejection reasons are pre-created so they show as 0.
+    pub fn for_lane(&self, label: &str) -> LaneMetrics {
+        for reason in [rejected::SATURATED, rejected::CIRCUIT_OPEN, rejected::DEADLINE] {
+            self.rejected.with_label_values(&[label, reason]);
+        }
+        LaneMetrics {
+            label: label.to_string(),
+            families: self.clone(),
+            in_flight: self.in_flight.with_label_values(&[label]),
+            queue_wait: self.queue_wait.with_label_values(&[label]),
+            limit: self.limit.with_label_values(&[label]),
+            connections: ConnectionMetrics {
+                open: self.connections.with_label_values(&[label]),
+                bytes_sent: self.bytes_sent.with_label_values(&[label]),
+                bytes_received: self.bytes_received.with_label_values(&[label]),
+            },
+        }
+    }
+}
+
+/// gRPC status code names as the `code` label (`OK`, `UNAVAILABLE`, …).
+pub fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match code {
+        Ok => "OK",
+        Cancelled => "CANCELLED",
+        Unknown => "UNKNOWN",
+        InvalidArgument => "INVALID_ARGUMENT",
+        DeadlineExceeded => "DEADLINE_EXCEEDED",
+        NotFound => "NOT_FOUND",
+        AlreadyExists => "ALREADY_EXISTS",
+        PermissionDenied => "PERMISSION_DENIED",
+        ResourceExhausted => "RESOURCE_EXHAUSTED",
+        FailedPrecondition => "FAILED_PRECONDITION",
+        Aborted => "ABORTED",
+        OutOfRange => "OUT_OF_RANGE",
+        Unimplemented => "UNIMPLEMENTED",
+        Internal => "INTERNAL",
+        Unavailable => "UNAVAILABLE",
+        DataLoss => "DATA_LOSS",
+        Unauthenticated => "UNAUTHENTICATED",
+    }
+}

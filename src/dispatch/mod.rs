@@ -1,0 +1,232 @@
+//! The dispatcher: the routing table sends each RPC to a lane; each lane admits, sends and
+//! measures its calls on its own connections.
+//!
+//! - [`lane`]: one bulkhead lane (admission, deadline, retries, metrics);
+//! - [`limiter`]: the lane's resizable permit counter;
+//! - [`pool`]: the lane's channels to one compute endpoint (deadpool-managed);
+//! - [`connector`]: the metered TCP connector every connection goes through;
+//! - [`metrics`]: the `imagegate_lane_*` families.
+//!
+//! In `bulkhead` mode each lane has its own connections and its own Tokio runtime driving
+//! them. In `shared` mode (the seed's design, kept for comparison) both lanes send on one
+//! connection; they keep their own admission limits, so a comparison measures the connection,
+//! not a semaphore. Metrics then say `lane="shared"`.
+
+pub mod connector;
+pub mod lane;
+pub mod limiter;
+pub mod metrics;
+pub mod pool;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus::Registry;
+use tonic::Status;
+
+use crate::config::{Config, LaneConfig, Mode};
+use crate::proto::{health_service_client::HealthServiceClient, image_service_client::ImageServiceClient};
+use lane::{Lane, LaneStream};
+use metrics::LaneMetricFamilies;
+use pool::ChannelPool;
+
+/// Why a call through the dispatcher failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DispatchError {
+    #[error("the {lane} lane is saturated: no permit within its queue wait")]
+    Saturated { lane: &'static str, retry_after: Duration },
+    #[error("the {lane} lane's deadline of {deadline:?} passed")]
+    Deadline { lane: &'static str, deadline: Duration },
+    #[error("compute answered {}: {}", .0.code(), .0.message())]
+    Status(Status),
+}
+
+/// A dedicated Tokio runtime that drives one lane's HTTP/2 connections.
+struct LaneRuntime(Option<tokio::runtime::Runtime>);
+
+impl LaneRuntime {
+    fn new(name: &str, threads: usize) -> anyhow::Result<Self> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .thread_name(format!("imagegate-lane-{name}"))
+            .enable_all()
+            .build()?;
+        Ok(LaneRuntime(Some(rt)))
+    }
+
+    fn handle(&self) -> tokio::runtime::Handle {
+        self.0.as_ref().expect("runtime present until drop").handle().clone()
+    }
+}
+
+impl Drop for LaneRuntime {
+    fn drop(&mut self) {
+        // May be dropped from async context, where a blocking shutdown would panic.
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// Routes calls to lanes. Build once per BFF and share it (never per actix worker: that would
+/// multiply every limit by the worker count).
+pub struct Dispatcher {
+    mode: Mode,
+    lanes: HashMap<&'static str, Arc<Lane>>,
+    routes: std::collections::BTreeMap<String, String>,
+    // Declared last: runtimes stop after the lanes' channels are dropped.
+    _runtimes: Vec<LaneRuntime>,
+}
+
+pub const COMPRESS: &str = "compute.ImageService/Compress";
+pub const RESIZE: &str = "compute.ImageService/Resize";
+pub const WATERMARK: &str = "compute.ImageService/Watermark";
+pub const BATCH_PROCESS: &str = "compute.ImageService/BatchProcess";
+pub const HEALTH_CHECK: &str = "compute.HealthService/Check";
+
+impl Dispatcher {
+    /// Builds the lanes from config. Connections are made lazily, on first use.
+    pub async fn new(config: &Config, registry: &Registry) -> anyhow::Result<Self> {
+        let families = LaneMetricFamilies::new(registry);
+        let mut lanes = HashMap::new();
+        let mut runtimes = Vec::new();
+        let configs: [(&'static str, &LaneConfig); 2] =
+            [("heavy", &config.lanes.heavy), ("realtime", &config.lanes.realtime)];
+        match config.mode {
+            Mode::Bulkhead => {
+                for (name, lane_config) in configs {
+                    let rt = LaneRuntime::new(name, lane_config.io_threads)?;
+                    let metrics = families.for_lane(name);
+                    let pool = ChannelPool::new(
+                        &config.compute_url,
+                        lane_config,
+                        metrics.connections.clone(),
+                        rt.handle(),
+                    )
+                    .await?;
+                    lanes.insert(name, Arc::new(Lane::new(name, lane_config.clone(), Arc::new(pool), metrics)));
+                    runtimes.push(rt);
+                }
+            }
+            Mode::Shared => {
+                // One connection, one runtime; its settings are the heavy lane's, with room
+                // for the larger of the two message limits.
+                let mut shared = config.lanes.heavy.clone();
+                shared.connections = 1;
+                shared.max_message_size = shared.max_message_size.max(config.lanes.realtime.max_message_size);
+                let rt = LaneRuntime::new("shared", shared.io_threads)?;
+                let metrics = families.for_lane("shared");
+                let pool = Arc::new(
+                    ChannelPool::new(&config.compute_url, &shared, metrics.connections.clone(), rt.handle()).await?,
+                );
+                for (name, lane_config) in configs {
+                    lanes.insert(name, Arc::new(Lane::new(name, lane_config.clone(), pool.clone(), metrics.clone())));
+                }
+                runtimes.push(rt);
+            }
+        }
+        let dispatcher = Dispatcher {
+            mode: config.mode,
+            lanes,
+            routes: config.routes.clone(),
+            _runtimes: runtimes,
+        };
+        dispatcher.publish_limits();
+        Ok(dispatcher)
+    }
+
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// A lane by name (`heavy`, `realtime`).
+    pub fn lane(&self, name: &str) -> Option<&Arc<Lane>> {
+        self.lanes.get(name)
+    }
+
+    /// The lane an RPC (`compute.ImageService/Compress`) is routed to: a method's own route
+    /// wins over its service's; unrouted RPCs take the heavy lane.
+    pub fn lane_for(&self, method: &str) -> &Arc<Lane> {
+        let service = method.split('/').next().unwrap_or(method);
+        let name = self
+            .routes
+            .get(method)
+            .or_else(|| self.routes.get(service))
+            .map(String::as_str)
+            .unwrap_or("heavy");
+        self.lanes.get(name).unwrap_or(&self.lanes["heavy"])
+    }
+
+    /// Applies new lane limits at run time (see [`Lane::set_limits`]).
+    pub fn set_limits(&self, config: &Config) {
+        self.lanes["heavy"].set_limits(config.lanes.heavy.clone());
+        self.lanes["realtime"].set_limits(config.lanes.realtime.clone());
+        self.publish_limits();
+    }
+
+    fn publish_limits(&self) {
+        if self.mode == Mode::Shared {
+            // Both lanes report as `shared`: show their combined limit.
+            let total: usize = self.lanes.values().map(|l| l.config().max_in_flight).sum();
+            self.lanes["heavy"].metrics().limit.set(total as i64);
+        }
+    }
+
+    fn max_message(lane: &Lane) -> usize {
+        lane.config().max_message_size.as_usize()
+    }
+
+    fn image_client(lane: &Lane, channel: tonic::transport::Channel) -> ImageServiceClient<tonic::transport::Channel> {
+        let max = Self::max_message(lane);
+        ImageServiceClient::new(channel)
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max)
+    }
+
+    pub async fn compress(&self, req: crate::proto::CompressRequest) -> Result<crate::proto::CompressResponse, DispatchError> {
+        let lane = self.lane_for(COMPRESS);
+        lane.unary(COMPRESS, req, |ch, r| async move { Self::image_client(lane, ch).compress(r).await })
+            .await
+    }
+
+    pub async fn resize(&self, req: crate::proto::ResizeRequest) -> Result<crate::proto::ResizeResponse, DispatchError> {
+        let lane = self.lane_for(RESIZE);
+        lane.unary(RESIZE, req, |ch, r| async move { Self::image_client(lane, ch).resize(r).await })
+            .await
+    }
+
+    pub async fn watermark(&self, req: crate::proto::WatermarkRequest) -> Result<crate::proto::WatermarkResponse, DispatchError> {
+        let lane = self.lane_for(WATERMARK);
+        lane.unary(WATERMARK, req, |ch, r| async move { Self::image_client(lane, ch).watermark(r).await })
+            .await
+    }
+
+    pub async fn batch_process(
+        &self,
+        req: crate::proto::BatchProcessRequest,
+    ) -> Result<LaneStream<crate::proto::ProcessChunk>, DispatchError> {
+        let lane = self.lane_for(BATCH_PROCESS);
+        lane.server_streaming(BATCH_PROCESS, req, |ch, r| async move {
+            Self::image_client(lane, ch).batch_process(r).await
+        })
+        .await
+    }
+
+    /// Asks compute's HealthService, with at most `timeout` on top of the lane's deadline.
+    pub async fn health_check(&self, timeout: Duration) -> Result<crate::proto::ServingStatus, DispatchError> {
+        let lane = self.lane_for(HEALTH_CHECK);
+        let call = lane.unary(HEALTH_CHECK, crate::proto::HealthCheckRequest::default(), |ch, r| async move {
+            let max = Self::max_message(lane);
+            HealthServiceClient::new(ch)
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max)
+                .check(r)
+                .await
+        });
+        let response = tokio::time::timeout(timeout, call)
+            .await
+            .map_err(|_| DispatchError::Deadline { lane: lane.name(), deadline: timeout })??;
+        Ok(crate::proto::ServingStatus::try_from(response.status).unwrap_or(crate::proto::ServingStatus::Unknown))
+    }
+}

@@ -1,0 +1,266 @@
+//! Streaming multipart intake with limits.
+//!
+//! Parts are read as they arrive; every limit (request size, file size, number of files and
+//! fields, field size) and the image type (sniffed from the first bytes, never taken from the
+//! client's Content-Type) are checked while streaming, so a bad upload is refused before the
+//! rest of it is read. After refusing, the rest of the body is read and dropped up to a cap,
+//! so the client sees the answer instead of a connection reset.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+
+use actix_multipart::Multipart;
+use actix_web::error::PayloadError;
+use actix_web::{web, HttpRequest};
+use bytes::{Bytes, BytesMut};
+use futures_util::{Stream, StreamExt, TryStreamExt};
+
+use super::problem::Problem;
+use crate::compute::ops::{self, Format};
+use crate::config::BffConfig;
+
+/// The intake limits of one request.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_file: usize,
+    pub max_request: usize,
+    pub max_files: usize,
+    pub max_field: usize,
+    pub max_fields: usize,
+}
+
+impl Limits {
+    pub fn from_config(c: &BffConfig) -> Self {
+        Limits {
+            max_file: c.max_file_size.as_usize(),
+            max_request: c.max_request_size.as_usize(),
+            max_files: c.max_files,
+            max_field: c.max_field_size.as_usize(),
+            max_fields: c.max_fields,
+        }
+    }
+}
+
+/// What a route accepts.
+pub struct FormSpec {
+    /// Part names that carry an image (`file`, `overlay`).
+    pub file_fields: &'static [&'static str],
+    /// Part names that carry text parameters.
+    pub text_fields: &'static [&'static str],
+    /// Whether `file` may repeat (batch).
+    pub many_files: bool,
+}
+
+/// An uploaded image, its type sniffed from its bytes.
+#[derive(Debug)]
+pub struct FilePart {
+    pub field: String,
+    pub data: Bytes,
+    pub format: Format,
+}
+
+/// A parsed form.
+#[derive(Debug, Default)]
+pub struct Form {
+    pub files: Vec<FilePart>,
+    pub fields: HashMap<String, String>,
+}
+
+impl Form {
+    /// A text field, trimmed; `None` if absent or empty.
+    pub fn field(&self, name: &str) -> Option<&str> {
+        self.fields
+            .get(name)
+            .map(|s| s.trim())
+            .filter(|s| !s.is_empty())
+    }
+
+    pub fn file(&self, field: &str) -> Option<&FilePart> {
+        self.files.iter().find(|f| f.field == field)
+    }
+}
+
+/// The request body, shared between the multipart parser and the drain, and counted.
+#[derive(Clone)]
+struct CountedBody {
+    payload: Rc<RefCell<web::Payload>>,
+    read: Rc<RefCell<usize>>,
+    max: usize,
+}
+
+impl Stream for CountedBody {
+    type Item = Result<Bytes, PayloadError>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut *this.payload.borrow_mut()).poll_next(cx);
+        if let Poll::Ready(Some(Ok(chunk))) = &polled {
+            let mut read = this.read.borrow_mut();
+            *read += chunk.len();
+            if *read > this.max {
+                return Poll::Ready(Some(Err(PayloadError::Overflow)));
+            }
+        }
+        polled
+    }
+}
+
+impl CountedBody {
+    fn over_limit(&self) -> bool {
+        *self.read.borrow() > self.max
+    }
+
+    /// Reads and drops what is left of the body, up to `cap` more bytes.
+    async fn drain(&self, cap: usize) {
+        let mut drained = 0usize;
+        loop {
+            let next = futures_util::future::poll_fn(|cx| Pin::new(&mut *self.payload.borrow_mut()).poll_next(cx)).await;
+            match next {
+                Some(Ok(chunk)) => {
+                    drained += chunk.len();
+                    if drained > cap {
+                        return;
+                    }
+                }
+                _ => return,
+            }
+        }
+    }
+}
+
+fn too_large_request(limits: &Limits) -> Problem {
+    Problem::too_large(format!(
+        "the request body is above the limit of {} bytes",
+        limits.max_request
+    ))
+}
+
+/// Reads a multipart form per `spec` and `limits`.
+pub async fn read_form(req: &HttpRequest, payload: web::Payload, limits: Limits, spec: &FormSpec) -> Result<Form, Problem> {
+    // A declared length above the limit is refused before reading a byte.
+    let declared = req
+        .headers()
+        .get(actix_web::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limits.max_request as u64) {
+        return Err(too_large_request(&limits));
+    }
+    let body = CountedBody {
+        payload: Rc::new(RefCell::new(payload)),
+        read: Rc::new(RefCell::new(0)),
+        max: limits.max_request,
+    };
+    let mut multipart = Multipart::new(req.headers(), body.clone());
+    let result = read_parts(&mut multipart, &body, limits, spec).await;
+    if result.is_err() {
+        drop(multipart);
+        body.drain(limits.max_request).await;
+    }
+    result
+}
+
+async fn read_parts(multipart: &mut Multipart, body: &CountedBody, limits: Limits, spec: &FormSpec) -> Result<Form, Problem> {
+    let malformed = |e: actix_multipart::MultipartError| {
+        if body.over_limit() {
+            too_large_request(&limits)
+        } else {
+            Problem::bad_request(format!("malformed multipart/form-data body: {e}"))
+        }
+    };
+    let mut form = Form::default();
+    while let Some(mut field) = multipart.try_next().await.map_err(malformed)? {
+        let name = field
+            .name()
+            .ok_or_else(|| Problem::bad_request("a multipart part has no name"))?
+            .to_string();
+        if spec.file_fields.contains(&name.as_str()) {
+            let count = form.files.iter().filter(|f| f.field == name).count();
+            if count > 0 && !(spec.many_files && name == "file") {
+                return Err(Problem::bad_request(format!("field `{name}` is given more than once")));
+            }
+            if form.files.len() >= limits.max_files {
+                return Err(Problem::too_large(format!(
+                    "more than {} files in one request",
+                    limits.max_files
+                )));
+            }
+            let mut data = BytesMut::new();
+            let mut format = None;
+            while let Some(chunk) = field.try_next().await.map_err(malformed)? {
+                if data.len() + chunk.len() > limits.max_file {
+                    return Err(Problem::too_large(format!(
+                        "file `{name}` (part {}) is above the limit of {} bytes",
+                        form.files.len() + 1,
+                        limits.max_file
+                    )));
+                }
+                data.extend_from_slice(&chunk);
+                if format.is_none() && data.len() >= 16 {
+                    format = Some(sniff(&data, &name)?);
+                }
+            }
+            if data.is_empty() {
+                return Err(Problem::bad_request(format!("file `{name}` is empty")));
+            }
+            let format = match format {
+                Some(f) => f,
+                None => sniff(&data, &name)?,
+            };
+            form.files.push(FilePart {
+                field: name,
+                data: data.freeze(),
+                format,
+            });
+        } else if spec.text_fields.contains(&name.as_str()) {
+            if form.fields.contains_key(&name) {
+                return Err(Problem::bad_request(format!("field `{name}` is given more than once")));
+            }
+            if form.fields.len() >= limits.max_fields {
+                return Err(Problem::too_large(format!(
+                    "more than {} text fields in one request",
+                    limits.max_fields
+                )));
+            }
+            let mut value = BytesMut::new();
+            while let Some(chunk) = field.try_next().await.map_err(malformed)? {
+                if value.len() + chunk.len() > limits.max_field {
+                    return Err(Problem::too_large(format!(
+                        "field `{name}` is above the limit of {} bytes",
+                        limits.max_field
+                    )));
+                }
+                value.extend_from_slice(&chunk);
+            }
+            let value = String::from_utf8(value.to_vec())
+                .map_err(|_| Problem::bad_request(format!("field `{name}` is not valid UTF-8")))?;
+            form.fields.insert(name, value);
+        } else {
+            let mut expected: Vec<&str> = spec.file_fields.to_vec();
+            expected.extend_from_slice(spec.text_fields);
+            return Err(Problem::bad_request(format!(
+                "unknown field `{}`; this endpoint takes {}",
+                name.chars().take(64).collect::<String>(),
+                expected.join(", ")
+            )));
+        }
+    }
+    // Drain any epilogue so the connection stays usable.
+    while let Some(chunk) = body.clone().next().await {
+        if chunk.is_err() {
+            break;
+        }
+    }
+    Ok(form)
+}
+
+fn sniff(data: &[u8], field: &str) -> Result<Format, Problem> {
+    ops::sniff(data).ok_or_else(|| {
+        Problem::unsupported_type(format!(
+            "file `{field}` is not a supported image type (JPEG, PNG, WebP or GIF, judged by its bytes)"
+        ))
+    })
+}

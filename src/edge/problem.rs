@@ -1,0 +1,194 @@
+//! The one place errors become HTTP responses: RFC 9457 `application/problem+json` with
+//! `type`, `title`, `status`, `detail`, mapped from edge errors and from gRPC statuses per the
+//! contract's table.
+
+use std::time::Duration;
+
+use actix_web::http::{header, StatusCode};
+use actix_web::{HttpResponse, ResponseError};
+use serde::Serialize;
+use tonic::Code;
+
+use crate::compute::status::{reason, reason_of};
+use crate::dispatch::DispatchError;
+
+/// A problem detail, ready to be answered.
+#[derive(Debug, Clone)]
+pub struct Problem {
+    pub status: StatusCode,
+    /// Short stable name, also the end of the `type` URI (`file-too-large`).
+    pub kind: &'static str,
+    pub detail: String,
+    /// `Retry-After` in seconds, for 503s.
+    pub retry_after: Option<u64>,
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    #[serde(rename = "type")]
+    type_: String,
+    title: &'a str,
+    status: u16,
+    detail: &'a str,
+}
+
+impl Problem {
+    pub fn new(status: StatusCode, kind: &'static str, detail: impl Into<String>) -> Self {
+        Problem {
+            status,
+            kind,
+            detail: detail.into(),
+            retry_after: None,
+        }
+    }
+
+    pub fn bad_request(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad-request", detail)
+    }
+
+    pub fn too_large(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::PAYLOAD_TOO_LARGE, "too-large", detail)
+    }
+
+    pub fn unsupported_type(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported-image-type", detail)
+    }
+
+    pub fn not_found(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not-found", detail)
+    }
+
+    pub fn unavailable(kind: &'static str, detail: impl Into<String>, retry_after: Duration) -> Self {
+        Problem {
+            retry_after: Some(retry_after.as_secs_f64().ceil().max(1.0) as u64),
+            ..Self::new(StatusCode::SERVICE_UNAVAILABLE, kind, detail)
+        }
+    }
+
+    /// The `type` URI.
+    pub fn type_uri(&self) -> String {
+        format!("urn:imagegate:problem:{}", self.kind)
+    }
+
+    /// The JSON body (also used for an SSE `error` event).
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(&Body {
+            type_: self.type_uri(),
+            title: self.status.canonical_reason().unwrap_or("Error"),
+            status: self.status.as_u16(),
+            detail: &self.detail,
+        })
+        .expect("serializable")
+    }
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}: {}", self.status.as_u16(), self.kind, self.detail)
+    }
+}
+
+impl ResponseError for Problem {
+    fn status_code(&self) -> StatusCode {
+        self.status
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut response = HttpResponse::build(self.status);
+        response.insert_header((header::CONTENT_TYPE, "application/problem+json"));
+        if let Some(secs) = self.retry_after {
+            response.insert_header((header::RETRY_AFTER, secs.to_string()));
+        }
+        response.body(self.to_json())
+    }
+}
+
+/// How long a client should wait after compute reported itself busy or unreachable.
+const COMPUTE_RETRY_AFTER: Duration = Duration::from_secs(1);
+
+impl From<DispatchError> for Problem {
+    fn from(e: DispatchError) -> Self {
+        match e {
+            DispatchError::Saturated { lane, retry_after } => Problem::unavailable(
+                "lane-saturated",
+                format!("the {lane} lane is at its concurrency limit; retry later"),
+                retry_after,
+            ),
+            DispatchError::Deadline { lane, deadline } => Problem::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "deadline-exceeded",
+                format!("compute did not answer within the {lane} lane's deadline of {deadline:?}"),
+            ),
+            DispatchError::Status(status) => from_status(&status),
+        }
+    }
+}
+
+/// The contract's status table, from compute's gRPC status and ErrorInfo reason.
+pub fn from_status(status: &tonic::Status) -> Problem {
+    let message = status.message().to_string();
+    let reason = reason_of(status);
+    match (status.code(), reason.as_deref()) {
+        (Code::InvalidArgument, Some(reason::UNSUPPORTED_FORMAT)) => Problem::unsupported_type(message),
+        (Code::InvalidArgument, Some(reason::UNDECODABLE_IMAGE)) => {
+            Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "undecodable-image", message)
+        }
+        (Code::InvalidArgument, Some(reason::PIXEL_LIMIT)) => {
+            Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "pixel-limit", message)
+        }
+        (Code::InvalidArgument, _) => Problem::bad_request(message),
+        (Code::ResourceExhausted, Some(reason::QUEUE_FULL)) => {
+            Problem::unavailable("compute-busy", message, COMPUTE_RETRY_AFTER)
+        }
+        (Code::ResourceExhausted, Some(reason::MESSAGE_TOO_LARGE)) => Problem::too_large(message),
+        (Code::OutOfRange, _) if message.contains("message length too large") => Problem::too_large(message),
+        (Code::ResourceExhausted, _) => Problem::unavailable("compute-busy", message, COMPUTE_RETRY_AFTER),
+        (Code::DeadlineExceeded, _) => Problem::new(StatusCode::GATEWAY_TIMEOUT, "deadline-exceeded", message),
+        (Code::Unavailable, _) => Problem::unavailable(
+            "compute-unavailable",
+            format!("the compute service is unreachable: {message}"),
+            COMPUTE_RETRY_AFTER,
+        ),
+        (code, _) => Problem::new(
+            StatusCode::BAD_GATEWAY,
+            "compute-failed",
+            format!("the compute service failed ({code:?}): {message}"),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::compute::status::status;
+
+    #[test]
+    fn compute_reasons_map_to_the_contracts_statuses() {
+        let cases = [
+            (status(Code::InvalidArgument, reason::BAD_PARAMETER, "q"), 400),
+            (status(Code::InvalidArgument, reason::UNSUPPORTED_FORMAT, "x"), 415),
+            (status(Code::InvalidArgument, reason::UNDECODABLE_IMAGE, "x"), 422),
+            (status(Code::InvalidArgument, reason::PIXEL_LIMIT, "x"), 422),
+            (status(Code::ResourceExhausted, reason::MESSAGE_TOO_LARGE, "x"), 413),
+            (status(Code::ResourceExhausted, reason::QUEUE_FULL, "x"), 503),
+            (tonic::Status::deadline_exceeded("x"), 504),
+            (tonic::Status::unavailable("x"), 503),
+            (tonic::Status::internal("x"), 502),
+        ];
+        for (s, want) in cases {
+            let p = from_status(&s);
+            assert_eq!(p.status.as_u16(), want, "{s:?}");
+            assert_eq!(p.retry_after.is_some(), want == 503, "{s:?}");
+        }
+    }
+
+    #[test]
+    fn the_body_is_rfc9457() {
+        let p = Problem::too_large("file is 30 MiB, above the limit of 20 MiB");
+        let v: serde_json::Value = serde_json::from_str(&p.to_json()).unwrap();
+        assert_eq!(v["status"], 413);
+        assert_eq!(v["title"], "Payload Too Large");
+        assert_eq!(v["type"], "urn:imagegate:problem:too-large");
+        assert!(v["detail"].as_str().unwrap().contains("20 MiB"));
+    }
+}

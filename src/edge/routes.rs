@@ -1,0 +1,379 @@
+//! The HTTP routes of CONTRACT §2: image endpoints (multipart in, image out), batch as
+//! server-sent events, health and metrics.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use actix_web::http::header;
+use actix_web::{web, HttpRequest, HttpResponse, Responder};
+use actix_web_lab::sse;
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+use serde_json::json;
+
+use super::intake::{read_form, FormSpec, Limits};
+use super::params;
+use super::problem::Problem;
+use super::AppState;
+use crate::compute::ops::{self, Format};
+use crate::dispatch::lane::LaneStream;
+use crate::dispatch::Dispatcher;
+use crate::proto::{BatchProcessRequest, Operation, ProcessChunk, ServingStatus};
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(post("/v1/images/compress", compress))
+        .service(post("/v1/images/resize", resize))
+        .service(post("/v1/images/watermark", watermark))
+        .service(post("/v1/images/batch", batch))
+        .service(get("/health", health))
+        .service(get("/health/live", live))
+        .service(get("/health/ready", ready))
+        .service(get("/metrics", metrics));
+}
+
+fn post<F, Args>(path: &str, handler: F) -> actix_web::Resource
+where
+    F: actix_web::Handler<Args>,
+    Args: actix_web::FromRequest + 'static,
+    F::Output: actix_web::Responder + 'static,
+{
+    web::resource(path)
+        .route(web::post().to(handler))
+        .default_service(web::to(method_not_allowed))
+}
+
+fn get<F, Args>(path: &str, handler: F) -> actix_web::Resource
+where
+    F: actix_web::Handler<Args> + Clone,
+    Args: actix_web::FromRequest + 'static,
+    F::Output: actix_web::Responder + 'static,
+{
+    web::resource(path)
+        .route(web::get().to(handler.clone()))
+        .route(web::head().to(handler))
+        .default_service(web::to(method_not_allowed))
+}
+
+async fn method_not_allowed(req: HttpRequest) -> HttpResponse {
+    use actix_web::ResponseError;
+    Problem::new(
+        actix_web::http::StatusCode::METHOD_NOT_ALLOWED,
+        "method-not-allowed",
+        format!("{} is not allowed on {}", req.method(), req.path()),
+    )
+    .error_response()
+}
+
+/// Default service: unknown paths.
+pub async fn not_found(req: HttpRequest) -> HttpResponse {
+    use actix_web::ResponseError;
+    Problem::not_found(format!("no route for {} {}", req.method(), req.path())).error_response()
+}
+
+fn limits(state: &AppState) -> Limits {
+    Limits::from_config(&state.config.bff)
+}
+
+fn content_type(data: &[u8]) -> &'static str {
+    match ops::sniff(data) {
+        Some(Format::Jpeg) => "image/jpeg",
+        Some(Format::Png) => "image/png",
+        Some(Format::WebP) => "image/webp",
+        Some(Format::Gif) => "image/gif",
+        None => "application/octet-stream",
+    }
+}
+
+fn image_response(data: Bytes, original: i64, elapsed_ms: i64) -> actix_web::HttpResponseBuilder {
+    let mut r = HttpResponse::Ok();
+    r.insert_header((header::CONTENT_TYPE, content_type(&data)))
+        .insert_header(("X-Original-Size", original.to_string()))
+        .insert_header(("X-Output-Size", data.len().to_string()))
+        .insert_header(("X-Elapsed-Ms", elapsed_ms.to_string()));
+    r
+}
+
+const SINGLE: FormSpec = FormSpec {
+    file_fields: &["file"],
+    text_fields: &[],
+    many_files: false,
+};
+
+fn required_file(form: &super::intake::Form) -> Result<Bytes, Problem> {
+    form.file("file")
+        .map(|f| f.data.clone())
+        .ok_or_else(|| Problem::bad_request("the `file` part is required"))
+}
+
+async fn compress(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> Result<HttpResponse, Problem> {
+    let spec = FormSpec {
+        text_fields: params::COMPRESS_FIELDS,
+        ..SINGLE
+    };
+    let form = read_form(&req, payload, limits(&state), &spec).await?;
+    let request = params::compress_request(&form, required_file(&form)?)?;
+    let r = state.dispatcher.compress(request).await?;
+    let ratio = r.compression_ratio;
+    Ok(image_response(r.image_data.clone(), r.original_size, r.elapsed_ms)
+        .insert_header(("X-Compression-Ratio", format!("{ratio:.3}")))
+        .insert_header(("X-Image-Width", r.width.to_string()))
+        .insert_header(("X-Image-Height", r.height.to_string()))
+        .body(r.image_data))
+}
+
+async fn resize(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> Result<HttpResponse, Problem> {
+    let spec = FormSpec {
+        text_fields: params::RESIZE_FIELDS,
+        ..SINGLE
+    };
+    let form = read_form(&req, payload, limits(&state), &spec).await?;
+    let request = params::resize_request(&form, required_file(&form)?)?;
+    let r = state.dispatcher.resize(request).await?;
+    Ok(image_response(r.image_data.clone(), r.original_size, r.elapsed_ms)
+        .insert_header(("X-Image-Width", r.width.to_string()))
+        .insert_header(("X-Image-Height", r.height.to_string()))
+        .insert_header(("X-Compression-Ratio", ratio(r.original_size, r.output_size)))
+        .body(r.image_data))
+}
+
+async fn watermark(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> Result<HttpResponse, Problem> {
+    let spec = FormSpec {
+        file_fields: &["file", "overlay"],
+        text_fields: params::WATERMARK_FIELDS,
+        many_files: false,
+    };
+    let form = read_form(&req, payload, limits(&state), &spec).await?;
+    let request = params::watermark_request(&form, required_file(&form)?)?;
+    let r = state.dispatcher.watermark(request).await?;
+    Ok(image_response(r.image_data.clone(), r.original_size, r.elapsed_ms)
+        .insert_header(("X-Compression-Ratio", ratio(r.original_size, r.output_size)))
+        .body(r.image_data))
+}
+
+fn ratio(original: i64, output: i64) -> String {
+    format!("{:.3}", original as f64 / output.max(1) as f64)
+}
+
+/// Room left in a gRPC message for everything but the images themselves.
+const MESSAGE_OVERHEAD: usize = 64 * 1024;
+
+/// Splits images into groups whose BatchProcess message stays under `max_message`.
+fn split_batch(images: Vec<Bytes>, max_message: usize) -> VecDeque<(usize, Vec<Bytes>)> {
+    let budget = max_message.saturating_sub(MESSAGE_OVERHEAD).max(1);
+    let mut groups = VecDeque::new();
+    let mut current: Vec<Bytes> = Vec::new();
+    let mut size = 0;
+    let mut offset = 0;
+    for image in images {
+        let len = image.len() + 16; // field tag and length prefix
+        if !current.is_empty() && size + len > budget {
+            let n = current.len();
+            groups.push_back((offset, std::mem::take(&mut current)));
+            offset += n;
+            size = 0;
+        }
+        size += len;
+        current.push(image);
+    }
+    if !current.is_empty() {
+        groups.push_back((offset, current));
+    }
+    groups
+}
+
+async fn batch(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> Result<HttpResponse, Problem> {
+    let spec = FormSpec {
+        file_fields: &["file"],
+        text_fields: params::BATCH_FIELDS,
+        many_files: true,
+    };
+    let form = read_form(&req, payload, limits(&state), &spec).await?;
+    let operation = params::batch_operation(&form)?;
+    let images: Vec<Bytes> = form.files.iter().map(|f| f.data.clone()).collect();
+    if images.is_empty() {
+        return Err(Problem::bad_request("at least one `file` part is required"));
+    }
+    let total = images.len();
+    let max_message = state
+        .dispatcher
+        .lane_for(crate::dispatch::BATCH_PROCESS)
+        .config()
+        .max_message_size
+        .as_usize();
+    let mut groups = split_batch(images, max_message);
+    // Open the first call before answering, so a saturated lane or a dead compute is a plain
+    // 503/504, not a 200 stream that fails at once.
+    let (offset, first) = groups.pop_front().expect("at least one image");
+    let first_len = first.len();
+    let stream = state
+        .dispatcher
+        .batch_process(BatchProcessRequest {
+            images: first,
+            operation: Some(operation.clone()),
+        })
+        .await?;
+    let run = BatchRun {
+        dispatcher: state.dispatcher.clone(),
+        operation,
+        groups,
+        current: Some((offset, first_len, 0, stream)),
+        total,
+        succeeded: 0,
+        failed: 0,
+        finished: false,
+    };
+    Ok(sse::Sse::from_stream(run.events()).respond_to(&req))
+}
+
+/// The state of one batch's event stream. Owns the open gRPC stream (and through it the
+/// lane permit): when the client goes away the response body is dropped, and both with it.
+struct BatchRun {
+    dispatcher: Arc<Dispatcher>,
+    operation: Operation,
+    groups: VecDeque<(usize, Vec<Bytes>)>,
+    /// (offset of the group, images in it, chunks seen, stream)
+    current: Option<(usize, usize, usize, LaneStream<ProcessChunk>)>,
+    total: usize,
+    succeeded: usize,
+    failed: usize,
+    finished: bool,
+}
+
+type SseResult = Result<sse::Event, std::convert::Infallible>;
+
+fn json_event(name: &'static str, value: serde_json::Value) -> SseResult {
+    Ok(sse::Data::new(value.to_string()).event(name).into())
+}
+
+impl BatchRun {
+    fn events(self) -> impl Stream<Item = SseResult> {
+        futures_util::stream::unfold(self, |mut run| async move {
+            let event = run.next_event().await?;
+            Some((event, run))
+        })
+    }
+
+    fn fail(&mut self, problem: Problem) -> Option<SseResult> {
+        self.finished = true;
+        self.current = None;
+        Some(Ok(sse::Data::new(problem.to_json()).event("error").into()))
+    }
+
+    async fn next_event(&mut self) -> Option<SseResult> {
+        loop {
+            if self.finished {
+                return None;
+            }
+            if let Some((offset, len, seen, stream)) = &mut self.current {
+                match stream.next().await {
+                    Some(Ok(chunk)) => {
+                        *seen += 1;
+                        let index = *offset + chunk.index.max(0) as usize;
+                        return Some(if chunk.success {
+                            self.succeeded += 1;
+                            json_event(
+                                "progress",
+                                json!({
+                                    "index": index,
+                                    "success": true,
+                                    "original_size": chunk.original_size,
+                                    "output_size": chunk.output_size,
+                                    "elapsed_ms": chunk.elapsed_ms,
+                                }),
+                            )
+                        } else {
+                            self.failed += 1;
+                            json_event(
+                                "progress",
+                                json!({"index": index, "success": false, "error": chunk.error}),
+                            )
+                        });
+                    }
+                    Some(Err(e)) => return self.fail(e.into()),
+                    None if *seen < *len => {
+                        let detail = format!("compute ended the batch after {seen} of {len} images");
+                        return self.fail(Problem::new(
+                            actix_web::http::StatusCode::BAD_GATEWAY,
+                            "compute-failed",
+                            detail,
+                        ));
+                    }
+                    None => self.current = None,
+                }
+                continue;
+            }
+            if let Some((offset, images)) = self.groups.pop_front() {
+                let len = images.len();
+                let request = BatchProcessRequest {
+                    images,
+                    operation: Some(self.operation.clone()),
+                };
+                match self.dispatcher.batch_process(request).await {
+                    Ok(stream) => self.current = Some((offset, len, 0, stream)),
+                    Err(e) => return self.fail(e.into()),
+                }
+                continue;
+            }
+            self.finished = true;
+            return Some(json_event(
+                "done",
+                json!({"total": self.total, "succeeded": self.succeeded, "failed": self.failed}),
+            ));
+        }
+    }
+}
+
+/// Terminus-style health over the realtime lane.
+async fn check_compute(state: &AppState) -> HttpResponse {
+    let timeout = state.config.bff.health_timeout;
+    let lane = state.dispatcher.lane_for(crate::dispatch::HEALTH_CHECK).name();
+    let details_up = json!({"grpc-compute": {"status": "up", "lane": lane}});
+    let down = |message: String| {
+        let entry = json!({"grpc-compute": {"status": "down", "message": message}});
+        HttpResponse::ServiceUnavailable().json(json!({
+            "status": "error", "info": {}, "error": entry, "details": entry,
+        }))
+    };
+    match state.dispatcher.health_check(timeout).await {
+        Ok(ServingStatus::Serving) => HttpResponse::Ok().json(json!({
+            "status": "ok", "info": details_up, "error": {}, "details": details_up,
+        })),
+        Ok(other) => down(format!("compute reports {}", other.as_str_name())),
+        Err(e) => down(e.to_string()),
+    }
+}
+
+async fn health(state: web::Data<AppState>) -> HttpResponse {
+    check_compute(&state).await
+}
+
+async fn ready(state: web::Data<AppState>) -> HttpResponse {
+    check_compute(&state).await
+}
+
+async fn live() -> HttpResponse {
+    HttpResponse::Ok().json(json!({"status": "ok"}))
+}
+
+async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok()
+        .insert_header((header::CONTENT_TYPE, crate::metrics::TEXT_FORMAT))
+        .body(crate::metrics::encode(&state.registry))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_split_under_the_message_limit_and_keep_order() {
+        let images: Vec<Bytes> = (0..5).map(|i| Bytes::from(vec![i as u8; 400_000])).collect();
+        let groups = split_batch(images, 1024 * 1024);
+        let offsets: Vec<usize> = groups.iter().map(|(o, _)| *o).collect();
+        let sizes: Vec<usize> = groups.iter().map(|(_, g)| g.len()).collect();
+        assert_eq!(sizes, vec![2, 2, 1]);
+        assert_eq!(offsets, vec![0, 2, 4]);
+        let one = split_batch(vec![Bytes::from(vec![0u8; 10])], 1024 * 1024);
+        assert_eq!(one.len(), 1);
+    }
+}

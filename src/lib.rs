@@ -1,0 +1,31 @@
+//! imagegate: an image-upload gateway.
+//!
+//! Web clients upload images (multipart) to an Actix-web BFF; the BFF sends each job over gRPC
+//! to the compute service, which decodes, transforms and encodes real images on a bounded CPU
+//! pool. Between them sits the dispatcher with two bulkhead lanes, `heavy` for image payloads
+//! and `realtime` for health checks, each with its own TCP connections and limits, so that
+//! megabytes of image in flight never make a health check wait.
+//!
+//! # Layout
+//! The request's path, in order:
+//! - [`edge`]: the Actix-web app — routes, streaming multipart intake with limits, and the one
+//!   place where errors become RFC 9457 problem+json responses.
+//! - [`dispatch`]: the [`dispatch::Dispatcher`]; its routing table picks a lane per RPC; each
+//!   [`dispatch::lane::Lane`] admits calls through a resizable permit counter, then sends them on
+//!   its own pool of tonic channels (real, separately connected TCP connections) with deadline,
+//!   safe retries and metrics.
+//! - [`compute`]: the tonic server (ImageService, HealthService, `grpc.health.v1`, reflection),
+//!   the bounded CPU pool, and [`compute::ops`], the image operations as plain sync functions.
+//!
+//! Around them: [`config`] (one TOML file + env overrides, validated with key names),
+//! [`metrics`] (one Prometheus registry per server), [`proto`] (generated code),
+//! [`shutdown`] (signals), and [`dev`] (both servers in one process for `make run`).
+
+pub mod compute;
+pub mod config;
+pub mod dev;
+pub mod dispatch;
+pub mod edge;
+pub mod metrics;
+pub mod proto;
+pub mod shutdown;

@@ -1,0 +1,85 @@
+//! The `imagegate` binary: parses the command line and config, sets up logging, and runs the
+//! chosen part (compute, bff, dev, or a one-off image operation).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use imagegate::config::Config;
+
+#[derive(Parser)]
+#[command(name = "imagegate", version, about = "Image-upload gateway: Actix-web BFF + gRPC compute service")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args)]
+struct Common {
+    /// TOML config file (or IMAGEGATE_CONFIG); defaults run everything on loopback.
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gRPC compute service.
+    Compute {
+        /// gRPC listen address [default: 127.0.0.1:50051]
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+        /// Metrics listen address [default: 127.0.0.1:9464]
+        #[arg(long)]
+        metrics_listen: Option<std::net::SocketAddr>,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Run the HTTP BFF (compute address from GRPC_COMPUTE_URL or the config).
+    Bff {
+        /// HTTP listen address [default: 127.0.0.1:8080]
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Run compute and BFF together on loopback (what `make run` starts).
+    Dev {
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Run one image operation on a file, outside any server.
+    Op(imagegate::compute::ops::cli::OpArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Compute { listen, metrics_listen, common } => {
+            let mut config = Config::load(common.config.as_deref())?;
+            if let Some(a) = listen {
+                config.compute.listen = a;
+            }
+            if let Some(a) = metrics_listen {
+                config.compute.metrics_listen = a;
+            }
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?
+                .block_on(imagegate::compute::run(config.compute))
+        }
+        Command::Bff { listen, common } => {
+            let mut config = Config::load(common.config.as_deref())?;
+            if let Some(a) = listen {
+                config.bff.listen = a;
+            }
+            actix_web::rt::System::new().block_on(imagegate::edge::run(config))
+        }
+        Command::Dev { common } => imagegate::dev::run(Config::load(common.config.as_deref())?),
+        Command::Op(args) => imagegate::compute::ops::cli::run(args),
+    }
+}
