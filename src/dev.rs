@@ -13,14 +13,17 @@ pub fn run(mut config: Config) -> anyhow::Result<()> {
     let compute_config = config.compute.clone();
     let (grpc, metrics) = compute_rt.block_on(async {
         let grpc = crate::compute::bind(compute_config.listen, "compute.listen").await?;
-        let metrics = crate::compute::bind(compute_config.metrics_listen, "compute.metrics_listen").await?;
+        let metrics =
+            crate::compute::bind(compute_config.metrics_listen, "compute.metrics_listen").await?;
         anyhow::Ok((grpc, metrics))
     })?;
     let grpc_addr = grpc.local_addr()?;
     let metrics_addr = metrics.local_addr()?;
-    let compute = compute_rt.spawn(
-        crate::compute::ComputeServer::new(compute_config).serve(grpc, Some(metrics), crate::shutdown::signal()),
-    );
+    let compute = compute_rt.spawn(crate::compute::ComputeServer::new(compute_config).serve(
+        grpc,
+        Some(metrics),
+        crate::shutdown::signal(),
+    ));
     config.compute_url = format!("http://{grpc_addr}");
     let listener = std::net::TcpListener::bind(config.bff.listen)
         .map_err(|e| anyhow::anyhow!("cannot listen on {} (bff.listen): {e}", config.bff.listen))?;
@@ -32,7 +35,10 @@ pub fn run(mut config: Config) -> anyhow::Result<()> {
     println!("  try: curl -F file=@photo.jpg -F quality=80 -F format=webp http://{http}/v1/images/compress -o out.webp");
     println!("       curl http://{http}/health");
     actix_web::rt::System::new().block_on(async move {
-        crate::edge::Bff::new(config).await?.serve(listener, crate::shutdown::signal()).await
+        crate::edge::Bff::new(config)
+            .await?
+            .serve(listener, crate::shutdown::signal())
+            .await
     })?;
     compute_rt.block_on(compute)??;
     Ok(())

@@ -17,6 +17,10 @@
 //! - [`compute`]: the tonic server (ImageService, HealthService, `grpc.health.v1`, reflection),
 //!   the bounded CPU pool, and [`compute::ops`], the image operations as plain sync functions.
 //!
+//! - [`store`]: where uploads and batch results are kept (`object_store`: a local directory or
+//!   S3), content-addressed, with atomic writes and a retention sweep; served back by
+//!   [`edge::uploads`].
+//!
 //! Around them: [`config`] (one TOML file + env overrides, validated with key names),
 //! [`metrics`] (one Prometheus registry per server), [`proto`] (generated code),
 //! [`shutdown`] (signals), and [`dev`] (both servers in one process for `make run`).
@@ -29,3 +33,4 @@ pub mod edge;
 pub mod metrics;
 pub mod proto;
 pub mod shutdown;
+pub mod store;

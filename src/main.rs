@@ -7,7 +7,11 @@ use clap::{Args, Parser, Subcommand};
 use imagegate::config::Config;
 
 #[derive(Parser)]
-#[command(name = "imagegate", version, about = "Image-upload gateway: Actix-web BFF + gRPC compute service")]
+#[command(
+    name = "imagegate",
+    version,
+    about = "Image-upload gateway: Actix-web BFF + gRPC compute service"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -59,7 +63,11 @@ fn main() -> anyhow::Result<()> {
         .init();
     let cli = Cli::parse();
     match cli.command {
-        Command::Compute { listen, metrics_listen, common } => {
+        Command::Compute {
+            listen,
+            metrics_listen,
+            common,
+        } => {
             let mut config = Config::load(common.config.as_deref())?;
             if let Some(a) = listen {
                 config.compute.listen = a;

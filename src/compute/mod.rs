@@ -77,7 +77,9 @@ impl ComputeServer {
         let pool = CpuPool::new(c.workers, c.queue_capacity, metrics.queue_depth.clone())?;
         let engine = Arc::new(ImageEngine {
             pool,
-            limits: Limits { max_pixels: c.max_pixels },
+            limits: Limits {
+                max_pixels: c.max_pixels,
+            },
             metrics,
             hook: self.hook.clone(),
         });

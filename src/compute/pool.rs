@@ -36,7 +36,11 @@ pub struct Slot(#[allow(dead_code)] OwnedSemaphorePermit);
 
 impl CpuPool {
     /// `workers` threads (0 = one per core) and room for `queue_capacity` waiting jobs.
-    pub fn new(workers: usize, queue_capacity: usize, queue_depth: IntGauge) -> anyhow::Result<Self> {
+    pub fn new(
+        workers: usize,
+        queue_capacity: usize,
+        queue_depth: IntGauge,
+    ) -> anyhow::Result<Self> {
         let workers = if workers == 0 {
             std::thread::available_parallelism().map_or(2, |n| n.get())
         } else {
@@ -82,7 +86,12 @@ impl CpuPool {
 
     /// Run `job` on a CPU thread and await its result. The job is skipped if `deadline`
     /// has passed or the caller stopped waiting before a thread picked it up.
-    pub async fn run<T, F>(&self, slot: Slot, deadline: Option<Instant>, job: F) -> Result<T, PoolError>
+    pub async fn run<T, F>(
+        &self,
+        slot: Slot,
+        deadline: Option<Instant>,
+        job: F,
+    ) -> Result<T, PoolError>
     where
         T: Send + 'static,
         F: FnOnce() -> T + Send + 'static,

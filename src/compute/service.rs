@@ -18,7 +18,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::metrics::ComputeMetrics;
-use super::ops::{self, Encoded, Limits, Mark, OpError, OutputFormat, Position, ResizeSpec, WatermarkSpec};
+use super::ops::{
+    self, Encoded, Limits, Mark, OpError, OutputFormat, Position, ResizeSpec, WatermarkSpec,
+};
 use super::pool::{CpuPool, Slot};
 use super::status::{bad_parameter, op_reason};
 use crate::proto::{
@@ -35,7 +37,8 @@ pub const MAX_FONT_SIZE: i32 = 4096;
 
 /// A hook run at the start of every call with the method name and the caller's address:
 /// lets an operator (or a test) observe which connection a call came on, or hold it.
-pub type CallHook = Arc<dyn Fn(&'static str, Option<SocketAddr>) -> BoxFuture<'static, ()> + Send + Sync>;
+pub type CallHook =
+    Arc<dyn Fn(&'static str, Option<SocketAddr>) -> BoxFuture<'static, ()> + Send + Sync>;
 
 /// State shared by the handlers.
 #[derive(Clone)]
@@ -128,18 +131,24 @@ fn output_format(f: i32) -> Result<OutputFormat, Status> {
         Ok(proto::ImageFormat::Jpeg) => Ok(OutputFormat::Jpeg),
         Ok(proto::ImageFormat::Png) => Ok(OutputFormat::Png),
         Ok(proto::ImageFormat::Webp) => Ok(OutputFormat::WebP),
-        Err(_) => Err(bad_parameter(format!("output_format {f} is not a known ImageFormat"))),
+        Err(_) => Err(bad_parameter(format!(
+            "output_format {f} is not a known ImageFormat"
+        ))),
     }
 }
 
 fn position(p: i32) -> Result<Position, Status> {
     match proto::Position::try_from(p) {
-        Ok(proto::Position::Unspecified | proto::Position::BottomRight) => Ok(Position::BottomRight),
+        Ok(proto::Position::Unspecified | proto::Position::BottomRight) => {
+            Ok(Position::BottomRight)
+        }
         Ok(proto::Position::BottomLeft) => Ok(Position::BottomLeft),
         Ok(proto::Position::TopRight) => Ok(Position::TopRight),
         Ok(proto::Position::TopLeft) => Ok(Position::TopLeft),
         Ok(proto::Position::Center) => Ok(Position::Center),
-        Err(_) => Err(bad_parameter(format!("position {p} is not a known Position"))),
+        Err(_) => Err(bad_parameter(format!(
+            "position {p} is not a known Position"
+        ))),
     }
 }
 
@@ -150,7 +159,9 @@ fn resize_job(width: i32, height: i32, keep: bool, out: i32, q: i32) -> Result<J
         )));
     }
     if width == 0 && height == 0 {
-        return Err(bad_parameter("resize box 0x0: give a width, a height, or both"));
+        return Err(bad_parameter(
+            "resize box 0x0: give a width, a height, or both",
+        ));
     }
     if !keep && (width == 0 || height == 0) {
         return Err(bad_parameter(format!(
@@ -194,7 +205,9 @@ fn watermark_job(
         return Err(bad_parameter("watermark text is only whitespace"));
     }
     if text.chars().count() > 1000 {
-        return Err(bad_parameter("watermark text is longer than 1000 characters"));
+        return Err(bad_parameter(
+            "watermark text is longer than 1000 characters",
+        ));
     }
     if !opacity.is_finite() || !(0.0..=1.0).contains(&opacity) {
         return Err(bad_parameter(format!(
@@ -288,12 +301,19 @@ impl ImageEngine {
         match &outcome {
             Ok(Done { result: Ok(_), .. }) => self.metrics.record(name, "ok", seconds),
             Ok(Done { result: Err(e), .. }) => self.metrics.record(name, op_reason(e), seconds),
-            Err(e) => self.metrics.record(name, &format!("{e:?}").to_uppercase(), seconds),
+            Err(e) => self
+                .metrics
+                .record(name, &format!("{e:?}").to_uppercase(), seconds),
         }
         Ok(outcome?)
     }
 
-    async fn unary(&self, deadline: Option<Instant>, job: Job, data: Bytes) -> Result<(Encoded, Duration), Status> {
+    async fn unary(
+        &self,
+        deadline: Option<Instant>,
+        job: Job,
+        data: Bytes,
+    ) -> Result<(Encoded, Duration), Status> {
         if data.is_empty() {
             self.metrics.record(job.name(), "BAD_PARAMETER", 0.0);
             return Err(bad_parameter("image_data is empty"));
@@ -314,7 +334,10 @@ type ChunkStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<ProcessChunk, 
 
 #[tonic::async_trait]
 impl ImageService for ImageServiceImpl {
-    async fn compress(&self, request: Request<CompressRequest>) -> Result<Response<CompressResponse>, Status> {
+    async fn compress(
+        &self,
+        request: Request<CompressRequest>,
+    ) -> Result<Response<CompressResponse>, Status> {
         self.0.before_call("Compress", &request).await;
         let deadline = deadline_of(&request);
         let r = request.into_inner();
@@ -337,11 +360,20 @@ impl ImageService for ImageServiceImpl {
         }))
     }
 
-    async fn resize(&self, request: Request<ResizeRequest>) -> Result<Response<ResizeResponse>, Status> {
+    async fn resize(
+        &self,
+        request: Request<ResizeRequest>,
+    ) -> Result<Response<ResizeResponse>, Status> {
         self.0.before_call("Resize", &request).await;
         let deadline = deadline_of(&request);
         let r = request.into_inner();
-        let job = resize_job(r.width, r.height, r.keep_aspect_ratio, r.output_format, r.quality)?;
+        let job = resize_job(
+            r.width,
+            r.height,
+            r.keep_aspect_ratio,
+            r.output_format,
+            r.quality,
+        )?;
         let original = r.image_data.len() as i64;
         let (out, elapsed) = self.0.unary(deadline, job, r.image_data).await?;
         Ok(Response::new(ResizeResponse {
@@ -354,11 +386,22 @@ impl ImageService for ImageServiceImpl {
         }))
     }
 
-    async fn watermark(&self, request: Request<WatermarkRequest>) -> Result<Response<WatermarkResponse>, Status> {
+    async fn watermark(
+        &self,
+        request: Request<WatermarkRequest>,
+    ) -> Result<Response<WatermarkResponse>, Status> {
         self.0.before_call("Watermark", &request).await;
         let deadline = deadline_of(&request);
         let r = request.into_inner();
-        let job = watermark_job(r.text, r.overlay_image, r.position, r.opacity, r.font_size, r.output_format, r.quality)?;
+        let job = watermark_job(
+            r.text,
+            r.overlay_image,
+            r.position,
+            r.opacity,
+            r.font_size,
+            r.output_format,
+            r.quality,
+        )?;
         let original = r.image_data.len() as i64;
         let (out, elapsed) = self.0.unary(deadline, job, r.image_data).await?;
         Ok(Response::new(WatermarkResponse {
@@ -371,7 +414,10 @@ impl ImageService for ImageServiceImpl {
 
     type BatchProcessStream = ChunkStream;
 
-    async fn batch_process(&self, request: Request<BatchProcessRequest>) -> Result<Response<ChunkStream>, Status> {
+    async fn batch_process(
+        &self,
+        request: Request<BatchProcessRequest>,
+    ) -> Result<Response<ChunkStream>, Status> {
         self.0.before_call("BatchProcess", &request).await;
         let deadline = deadline_of(&request);
         let r = request.into_inner();
@@ -380,9 +426,13 @@ impl ImageService for ImageServiceImpl {
                 quality: quality(o.quality)?,
                 out: output_format(o.output_format)?,
             },
-            Some(operation::Op::Resize(o)) => {
-                resize_job(o.width, o.height, o.keep_aspect_ratio, o.output_format, o.quality)?
-            }
+            Some(operation::Op::Resize(o)) => resize_job(
+                o.width,
+                o.height,
+                o.keep_aspect_ratio,
+                o.output_format,
+                o.quality,
+            )?,
             Some(operation::Op::Watermark(o)) => watermark_job(
                 o.text,
                 Bytes::new(),
@@ -392,7 +442,11 @@ impl ImageService for ImageServiceImpl {
                 o.output_format,
                 o.quality,
             )?,
-            None => return Err(bad_parameter("operation is missing: set compress, resize or watermark")),
+            None => {
+                return Err(bad_parameter(
+                    "operation is missing: set compress, resize or watermark",
+                ))
+            }
         };
         if r.images.is_empty() {
             return Err(bad_parameter("images is empty: send at least one image"));
@@ -412,7 +466,9 @@ impl ImageService for ImageServiceImpl {
             loop {
                 // Keep up to `parallel` images on the pool; send each chunk when it is done.
                 while running.len() < parallel {
-                    let Some((index, data)) = images.next() else { break };
+                    let Some((index, data)) = images.next() else {
+                        break;
+                    };
                     let slot = match first_slot.take() {
                         Some(s) => s,
                         None => match engine.pool.reserve().await {
@@ -431,7 +487,10 @@ impl ImageService for ImageServiceImpl {
                             failed_chunk(index, original, "image is empty".into())
                         } else {
                             match engine.run_job(slot, deadline, job, data).await {
-                                Ok(Done { result: Ok(out), elapsed }) => ProcessChunk {
+                                Ok(Done {
+                                    result: Ok(out),
+                                    elapsed,
+                                }) => ProcessChunk {
                                     index: index as i32,
                                     success: true,
                                     original_size: original,
@@ -440,19 +499,27 @@ impl ImageService for ImageServiceImpl {
                                     image_data: out.data.into(),
                                     error: String::new(),
                                 },
-                                Ok(Done { result: Err(e), .. }) => failed_chunk(index, original, format!("{}: {e}", op_reason(&e))),
-                                Err(status) => failed_chunk(index, original, status.message().to_string()),
+                                Ok(Done { result: Err(e), .. }) => {
+                                    failed_chunk(index, original, format!("{}: {e}", op_reason(&e)))
+                                }
+                                Err(status) => {
+                                    failed_chunk(index, original, status.message().to_string())
+                                }
                             }
                         };
                         chunk
                     });
                 }
-                let Some(chunk) = running.next().await else { break };
+                let Some(chunk) = running.next().await else {
+                    break;
+                };
                 if tx.send(Ok(chunk)).await.is_err() {
                     return; // the client went away: stop starting new images
                 }
             }
-            engine.metrics.record("batch", "ok", started.elapsed().as_secs_f64());
+            engine
+                .metrics
+                .record("batch", "ok", started.elapsed().as_secs_f64());
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
@@ -477,12 +544,21 @@ pub struct HealthServiceImpl {
 
 #[tonic::async_trait]
 impl HealthService for HealthServiceImpl {
-    async fn check(&self, request: Request<HealthCheckRequest>) -> Result<Response<HealthCheckResponse>, Status> {
+    async fn check(
+        &self,
+        request: Request<HealthCheckRequest>,
+    ) -> Result<Response<HealthCheckResponse>, Status> {
         self.engine.before_call("Check", &request).await;
         let serving = self.serving.load(std::sync::atomic::Ordering::Relaxed);
-        let status = if serving { ServingStatus::Serving } else { ServingStatus::NotServing };
+        let status = if serving {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
         self.engine.metrics.record("health", "ok", 0.0);
-        Ok(Response::new(HealthCheckResponse { status: status as i32 }))
+        Ok(Response::new(HealthCheckResponse {
+            status: status as i32,
+        }))
     }
 }
 

@@ -62,7 +62,9 @@ impl From<OpError> for Status {
 impl From<PoolError> for Status {
     fn from(e: PoolError) -> Status {
         match e {
-            PoolError::QueueFull(_) => status(Code::ResourceExhausted, reason::QUEUE_FULL, e.to_string()),
+            PoolError::QueueFull(_) => {
+                status(Code::ResourceExhausted, reason::QUEUE_FULL, e.to_string())
+            }
             PoolError::DeadlineExceeded => {
                 status(Code::DeadlineExceeded, reason::DEADLINE, e.to_string())
             }
@@ -96,7 +98,11 @@ pub fn rewrite_message_too_large<B: Default>(mut response: http::Response<B>) ->
     )
     .into_http::<B>();
     let headers = response.headers_mut();
-    for name in [Status::GRPC_STATUS, Status::GRPC_MESSAGE, Status::GRPC_STATUS_DETAILS] {
+    for name in [
+        Status::GRPC_STATUS,
+        Status::GRPC_MESSAGE,
+        Status::GRPC_STATUS_DETAILS,
+    ] {
         headers.remove(&name);
         if let Some(v) = replacement.headers().get(&name) {
             headers.insert(name, v.clone());

@@ -49,7 +49,12 @@ fn budget_for(config: &LaneConfig) -> TpsBudget {
 }
 
 impl Lane {
-    pub fn new(name: &'static str, config: LaneConfig, pool: Arc<ChannelPool>, metrics: LaneMetrics) -> Self {
+    pub fn new(
+        name: &'static str,
+        config: LaneConfig,
+        pool: Arc<ChannelPool>,
+        metrics: LaneMetrics,
+    ) -> Self {
         let limiter = Limiter::new(config.max_in_flight);
         metrics.limit.set(config.max_in_flight as i64);
         Lane {
@@ -114,7 +119,12 @@ impl Lane {
 
     /// Sends one unary call with this lane's limits. `call` receives a channel and a request
     /// carrying the remaining deadline; it may be invoked again for a safe retry.
-    pub async fn unary<Req, Resp, F, Fut>(&self, method: &'static str, request: Req, call: F) -> Result<Resp, DispatchError>
+    pub async fn unary<Req, Resp, F, Fut>(
+        &self,
+        method: &'static str,
+        request: Req,
+        call: F,
+    ) -> Result<Resp, DispatchError>
     where
         Req: Clone,
         F: Fn(Channel, tonic::Request<Req>) -> Fut,
@@ -210,7 +220,9 @@ impl Lane {
                 Ok(Err(status)) => status,
             };
             // The server's own deadline timer may answer CANCELLED just as ours fires.
-            if matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled) && Instant::now() >= deadline {
+            if matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled)
+                && Instant::now() >= deadline
+            {
                 return Err(self.deadline_exceeded(config));
             }
             if attempt >= config.retries || !never_reached_server(&status) || !budget.withdraw() {
@@ -221,7 +233,12 @@ impl Lane {
             if Instant::now() + backoff >= deadline {
                 return Err(DispatchError::Status(status));
             }
-            tracing::debug!(lane = self.name, attempt, ?backoff, "retrying a call that never reached compute");
+            tracing::debug!(
+                lane = self.name,
+                attempt,
+                ?backoff,
+                "retrying a call that never reached compute"
+            );
             tokio::time::sleep(backoff).await;
         }
     }
@@ -341,21 +358,29 @@ mod tests {
     fn backoff_grows_exponentially_with_jitter_and_a_cap() {
         for _ in 0..100 {
             let b1 = backoff(Duration::from_millis(100), 1);
-            assert!(b1 >= Duration::from_millis(50) && b1 <= Duration::from_millis(150), "{b1:?}");
+            assert!(
+                b1 >= Duration::from_millis(50) && b1 <= Duration::from_millis(150),
+                "{b1:?}"
+            );
             let b3 = backoff(Duration::from_millis(100), 3);
-            assert!(b3 >= Duration::from_millis(200) && b3 <= Duration::from_millis(600), "{b3:?}");
+            assert!(
+                b3 >= Duration::from_millis(200) && b3 <= Duration::from_millis(600),
+                "{b3:?}"
+            );
             assert!(backoff(Duration::from_secs(10), 10) <= Duration::from_secs(5));
         }
     }
 
     #[test]
     fn only_connect_failures_are_safe_to_retry() {
-        assert!(!never_reached_server(&Status::unavailable("server went away")));
+        assert!(!never_reached_server(&Status::unavailable(
+            "server went away"
+        )));
         assert!(!never_reached_server(&Status::internal("boom")));
         let mut s = Status::unavailable("connect failed");
-        s.set_source(Arc::new(tonic::ConnectError(Box::new(std::io::Error::from(
-            std::io::ErrorKind::ConnectionRefused,
-        )))));
+        s.set_source(Arc::new(tonic::ConnectError(Box::new(
+            std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
+        ))));
         assert!(never_reached_server(&s));
     }
 }

@@ -30,7 +30,9 @@ pub struct Permit {
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        let Some(permit) = self.permit.take() else { return };
+        let Some(permit) = self.permit.take() else {
+            return;
+        };
         let mut state = self.limiter.state.lock().expect("limiter lock");
         if state.debt > 0 {
             state.debt -= 1;
@@ -107,7 +109,8 @@ mod tests {
         let l = Limiter::new(1);
         let held = l.acquire(Duration::ZERO).await.unwrap();
         let l2 = l.clone();
-        let waiter = tokio::spawn(async move { l2.acquire(Duration::from_secs(1)).await.is_some() });
+        let waiter =
+            tokio::spawn(async move { l2.acquire(Duration::from_secs(1)).await.is_some() });
         tokio::time::sleep(Duration::from_millis(10)).await;
         drop(held);
         assert!(waiter.await.unwrap());
@@ -120,9 +123,15 @@ mod tests {
         let b = l.acquire(Duration::ZERO).await.unwrap();
         l.set_limit(1);
         assert_eq!(l.limit(), 1);
-        assert!(l.acquire(Duration::ZERO).await.is_none(), "two in flight, limit one");
+        assert!(
+            l.acquire(Duration::ZERO).await.is_none(),
+            "two in flight, limit one"
+        );
         drop(a);
-        assert!(l.acquire(Duration::ZERO).await.is_none(), "still one in flight");
+        assert!(
+            l.acquire(Duration::ZERO).await.is_none(),
+            "still one in flight"
+        );
         drop(b);
         let c = l.acquire(Duration::ZERO).await.unwrap();
         assert!(l.acquire(Duration::ZERO).await.is_none());
@@ -139,7 +148,10 @@ mod tests {
         let c = l.acquire(Duration::ZERO).await.unwrap();
         assert!(l.acquire(Duration::ZERO).await.is_none(), "three in flight");
         drop((a, b, c));
-        let all: Vec<_> = [(); 3].iter().map(|_| l.semaphore.available_permits()).collect();
+        let all: Vec<_> = [(); 3]
+            .iter()
+            .map(|_| l.semaphore.available_permits())
+            .collect();
         assert_eq!(all[0], 3);
     }
 }

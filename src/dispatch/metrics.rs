@@ -149,7 +149,11 @@ impl LaneMetricFamilies {
 
     /// Handles for `label`; the rejection reasons are pre-created so they show as 0.
     pub fn for_lane(&self, label: &str) -> LaneMetrics {
-        for reason in [rejected::SATURATED, rejected::CIRCUIT_OPEN, rejected::DEADLINE] {
+        for reason in [
+            rejected::SATURATED,
+            rejected::CIRCUIT_OPEN,
+            rejected::DEADLINE,
+        ] {
             self.rejected.with_label_values(&[label, reason]);
         }
         LaneMetrics {

@@ -26,7 +26,9 @@ use prometheus::Registry;
 use tonic::Status;
 
 use crate::config::{Config, LaneConfig, Mode};
-use crate::proto::{health_service_client::HealthServiceClient, image_service_client::ImageServiceClient};
+use crate::proto::{
+    health_service_client::HealthServiceClient, image_service_client::ImageServiceClient,
+};
 use lane::{Lane, LaneStream};
 use metrics::LaneMetricFamilies;
 use pool::ChannelPool;
@@ -35,9 +37,15 @@ use pool::ChannelPool;
 #[derive(Debug, thiserror::Error)]
 pub enum DispatchError {
     #[error("the {lane} lane is saturated: no permit within its queue wait")]
-    Saturated { lane: &'static str, retry_after: Duration },
+    Saturated {
+        lane: &'static str,
+        retry_after: Duration,
+    },
     #[error("the {lane} lane's deadline of {deadline:?} passed")]
-    Deadline { lane: &'static str, deadline: Duration },
+    Deadline {
+        lane: &'static str,
+        deadline: Duration,
+    },
     #[error("compute answered {}: {}", .0.code(), .0.message())]
     Status(Status),
 }
@@ -56,7 +64,11 @@ impl LaneRuntime {
     }
 
     fn handle(&self) -> tokio::runtime::Handle {
-        self.0.as_ref().expect("runtime present until drop").handle().clone()
+        self.0
+            .as_ref()
+            .expect("runtime present until drop")
+            .handle()
+            .clone()
     }
 }
 
@@ -91,8 +103,10 @@ impl Dispatcher {
         let families = LaneMetricFamilies::new(registry);
         let mut lanes = HashMap::new();
         let mut runtimes = Vec::new();
-        let configs: [(&'static str, &LaneConfig); 2] =
-            [("heavy", &config.lanes.heavy), ("realtime", &config.lanes.realtime)];
+        let configs: [(&'static str, &LaneConfig); 2] = [
+            ("heavy", &config.lanes.heavy),
+            ("realtime", &config.lanes.realtime),
+        ];
         match config.mode {
             Mode::Bulkhead => {
                 for (name, lane_config) in configs {
@@ -105,7 +119,15 @@ impl Dispatcher {
                         rt.handle(),
                     )
                     .await?;
-                    lanes.insert(name, Arc::new(Lane::new(name, lane_config.clone(), Arc::new(pool), metrics)));
+                    lanes.insert(
+                        name,
+                        Arc::new(Lane::new(
+                            name,
+                            lane_config.clone(),
+                            Arc::new(pool),
+                            metrics,
+                        )),
+                    );
                     runtimes.push(rt);
                 }
             }
@@ -114,14 +136,30 @@ impl Dispatcher {
                 // for the larger of the two message limits.
                 let mut shared = config.lanes.heavy.clone();
                 shared.connections = 1;
-                shared.max_message_size = shared.max_message_size.max(config.lanes.realtime.max_message_size);
+                shared.max_message_size = shared
+                    .max_message_size
+                    .max(config.lanes.realtime.max_message_size);
                 let rt = LaneRuntime::new("shared", shared.io_threads)?;
                 let metrics = families.for_lane("shared");
                 let pool = Arc::new(
-                    ChannelPool::new(&config.compute_url, &shared, metrics.connections.clone(), rt.handle()).await?,
+                    ChannelPool::new(
+                        &config.compute_url,
+                        &shared,
+                        metrics.connections.clone(),
+                        rt.handle(),
+                    )
+                    .await?,
                 );
                 for (name, lane_config) in configs {
-                    lanes.insert(name, Arc::new(Lane::new(name, lane_config.clone(), pool.clone(), metrics.clone())));
+                    lanes.insert(
+                        name,
+                        Arc::new(Lane::new(
+                            name,
+                            lane_config.clone(),
+                            pool.clone(),
+                            metrics.clone(),
+                        )),
+                    );
                 }
                 runtimes.push(rt);
             }
@@ -177,29 +215,47 @@ impl Dispatcher {
         lane.config().max_message_size.as_usize()
     }
 
-    fn image_client(lane: &Lane, channel: tonic::transport::Channel) -> ImageServiceClient<tonic::transport::Channel> {
+    fn image_client(
+        lane: &Lane,
+        channel: tonic::transport::Channel,
+    ) -> ImageServiceClient<tonic::transport::Channel> {
         let max = Self::max_message(lane);
         ImageServiceClient::new(channel)
             .max_decoding_message_size(max)
             .max_encoding_message_size(max)
     }
 
-    pub async fn compress(&self, req: crate::proto::CompressRequest) -> Result<crate::proto::CompressResponse, DispatchError> {
+    pub async fn compress(
+        &self,
+        req: crate::proto::CompressRequest,
+    ) -> Result<crate::proto::CompressResponse, DispatchError> {
         let lane = self.lane_for(COMPRESS);
-        lane.unary(COMPRESS, req, |ch, r| async move { Self::image_client(lane, ch).compress(r).await })
-            .await
+        lane.unary(COMPRESS, req, |ch, r| async move {
+            Self::image_client(lane, ch).compress(r).await
+        })
+        .await
     }
 
-    pub async fn resize(&self, req: crate::proto::ResizeRequest) -> Result<crate::proto::ResizeResponse, DispatchError> {
+    pub async fn resize(
+        &self,
+        req: crate::proto::ResizeRequest,
+    ) -> Result<crate::proto::ResizeResponse, DispatchError> {
         let lane = self.lane_for(RESIZE);
-        lane.unary(RESIZE, req, |ch, r| async move { Self::image_client(lane, ch).resize(r).await })
-            .await
+        lane.unary(RESIZE, req, |ch, r| async move {
+            Self::image_client(lane, ch).resize(r).await
+        })
+        .await
     }
 
-    pub async fn watermark(&self, req: crate::proto::WatermarkRequest) -> Result<crate::proto::WatermarkResponse, DispatchError> {
+    pub async fn watermark(
+        &self,
+        req: crate::proto::WatermarkRequest,
+    ) -> Result<crate::proto::WatermarkResponse, DispatchError> {
         let lane = self.lane_for(WATERMARK);
-        lane.unary(WATERMARK, req, |ch, r| async move { Self::image_client(lane, ch).watermark(r).await })
-            .await
+        lane.unary(WATERMARK, req, |ch, r| async move {
+            Self::image_client(lane, ch).watermark(r).await
+        })
+        .await
     }
 
     pub async fn batch_process(
@@ -214,19 +270,31 @@ impl Dispatcher {
     }
 
     /// Asks compute's HealthService, with at most `timeout` on top of the lane's deadline.
-    pub async fn health_check(&self, timeout: Duration) -> Result<crate::proto::ServingStatus, DispatchError> {
+    pub async fn health_check(
+        &self,
+        timeout: Duration,
+    ) -> Result<crate::proto::ServingStatus, DispatchError> {
         let lane = self.lane_for(HEALTH_CHECK);
-        let call = lane.unary(HEALTH_CHECK, crate::proto::HealthCheckRequest::default(), |ch, r| async move {
-            let max = Self::max_message(lane);
-            HealthServiceClient::new(ch)
-                .max_decoding_message_size(max)
-                .max_encoding_message_size(max)
-                .check(r)
+        let call = lane.unary(
+            HEALTH_CHECK,
+            crate::proto::HealthCheckRequest::default(),
+            |ch, r| async move {
+                let max = Self::max_message(lane);
+                HealthServiceClient::new(ch)
+                    .max_decoding_message_size(max)
+                    .max_encoding_message_size(max)
+                    .check(r)
+                    .await
+            },
+        );
+        let response =
+            tokio::time::timeout(timeout, call)
                 .await
-        });
-        let response = tokio::time::timeout(timeout, call)
-            .await
-            .map_err(|_| DispatchError::Deadline { lane: lane.name(), deadline: timeout })??;
-        Ok(crate::proto::ServingStatus::try_from(response.status).unwrap_or(crate::proto::ServingStatus::Unknown))
+                .map_err(|_| DispatchError::Deadline {
+                    lane: lane.name(),
+                    deadline: timeout,
+                })??;
+        Ok(crate::proto::ServingStatus::try_from(response.status)
+            .unwrap_or(crate::proto::ServingStatus::Unknown))
     }
 }

@@ -50,7 +50,8 @@ pub struct FormSpec {
     pub file_fields: &'static [&'static str],
     /// Part names that carry text parameters.
     pub text_fields: &'static [&'static str],
-    /// Whether `file` may repeat (batch).
+    /// Whether `file` may repeat (batch). A batch judges each file on its own, so an
+    /// unsupported type there is not an error of the whole request.
     pub many_files: bool,
 }
 
@@ -59,7 +60,8 @@ pub struct FormSpec {
 pub struct FilePart {
     pub field: String,
     pub data: Bytes,
-    pub format: Format,
+    /// `None` only in a batch, for a file of no supported type (compute fails its event).
+    pub format: Option<Format>,
 }
 
 /// A parsed form.
@@ -117,7 +119,10 @@ impl CountedBody {
     async fn drain(&self, cap: usize) {
         let mut drained = 0usize;
         loop {
-            let next = futures_util::future::poll_fn(|cx| Pin::new(&mut *self.payload.borrow_mut()).poll_next(cx)).await;
+            let next = futures_util::future::poll_fn(|cx| {
+                Pin::new(&mut *self.payload.borrow_mut()).poll_next(cx)
+            })
+            .await;
             match next {
                 Some(Ok(chunk)) => {
                     drained += chunk.len();
@@ -139,7 +144,12 @@ fn too_large_request(limits: &Limits) -> Problem {
 }
 
 /// Reads a multipart form per `spec` and `limits`.
-pub async fn read_form(req: &HttpRequest, payload: web::Payload, limits: Limits, spec: &FormSpec) -> Result<Form, Problem> {
+pub async fn read_form(
+    req: &HttpRequest,
+    payload: web::Payload,
+    limits: Limits,
+    spec: &FormSpec,
+) -> Result<Form, Problem> {
     // A declared length above the limit is refused before reading a byte.
     let declared = req
         .headers()
@@ -163,7 +173,12 @@ pub async fn read_form(req: &HttpRequest, payload: web::Payload, limits: Limits,
     result
 }
 
-async fn read_parts(multipart: &mut Multipart, body: &CountedBody, limits: Limits, spec: &FormSpec) -> Result<Form, Problem> {
+async fn read_parts(
+    multipart: &mut Multipart,
+    body: &CountedBody,
+    limits: Limits,
+    spec: &FormSpec,
+) -> Result<Form, Problem> {
     let malformed = |e: actix_multipart::MultipartError| {
         if body.over_limit() {
             too_large_request(&limits)
@@ -180,7 +195,9 @@ async fn read_parts(multipart: &mut Multipart, body: &CountedBody, limits: Limit
         if spec.file_fields.contains(&name.as_str()) {
             let count = form.files.iter().filter(|f| f.field == name).count();
             if count > 0 && !(spec.many_files && name == "file") {
-                return Err(Problem::bad_request(format!("field `{name}` is given more than once")));
+                return Err(Problem::bad_request(format!(
+                    "field `{name}` is given more than once"
+                )));
             }
             if form.files.len() >= limits.max_files {
                 return Err(Problem::too_large(format!(
@@ -200,7 +217,7 @@ async fn read_parts(multipart: &mut Multipart, body: &CountedBody, limits: Limit
                 }
                 data.extend_from_slice(&chunk);
                 if format.is_none() && data.len() >= 16 {
-                    format = Some(sniff(&data, &name)?);
+                    format = Some(sniff(&data, &name, spec.many_files)?);
                 }
             }
             if data.is_empty() {
@@ -208,7 +225,7 @@ async fn read_parts(multipart: &mut Multipart, body: &CountedBody, limits: Limit
             }
             let format = match format {
                 Some(f) => f,
-                None => sniff(&data, &name)?,
+                None => sniff(&data, &name, spec.many_files)?,
             };
             form.files.push(FilePart {
                 field: name,
@@ -217,7 +234,9 @@ async fn read_parts(multipart: &mut Multipart, body: &CountedBody, limits: Limit
             });
         } else if spec.text_fields.contains(&name.as_str()) {
             if form.fields.contains_key(&name) {
-                return Err(Problem::bad_request(format!("field `{name}` is given more than once")));
+                return Err(Problem::bad_request(format!(
+                    "field `{name}` is given more than once"
+                )));
             }
             if form.fields.len() >= limits.max_fields {
                 return Err(Problem::too_large(format!(
@@ -257,10 +276,17 @@ async fn read_parts(multipart: &mut Multipart, body: &CountedBody, limits: Limit
     Ok(form)
 }
 
-fn sniff(data: &[u8], field: &str) -> Result<Format, Problem> {
-    ops::sniff(data).ok_or_else(|| {
-        Problem::unsupported_type(format!(
-            "file `{field}` is not a supported image type (JPEG, PNG, WebP or GIF, judged by its bytes)"
-        ))
-    })
+/// The file's type from its bytes; unknown is refused (415) unless `lenient` (batch).
+fn sniff(data: &[u8], field: &str, lenient: bool) -> Result<Option<Format>, Problem> {
+    match ops::sniff(data) {
+        Some(f) => Ok(Some(f)),
+        None if lenient => Ok(None),
+        None => Err(unsupported(field)),
+    }
+}
+
+fn unsupported(field: &str) -> Problem {
+    Problem::unsupported_type(format!(
+        "file `{field}` is not a supported image type (JPEG, PNG, WebP or GIF, judged by its bytes)"
+    ))
 }

@@ -3,7 +3,8 @@
 //! - [`routes`]: handlers, from multipart in to image or SSE out;
 //! - [`intake`]: streaming multipart with limits and magic-byte sniffing;
 //! - [`params`]: form fields → gRPC requests;
-//! - [`problem`]: errors → RFC 9457 problem+json, in one place.
+//! - [`problem`]: errors → RFC 9457 problem+json, in one place;
+//! - [`uploads`]: upload-and-store and serving stored images back.
 //!
 //! The [`Dispatcher`] is built once, outside the per-worker app factory, and shared: state
 //! built inside the factory would be multiplied by the worker count, and so would its limits.
@@ -12,6 +13,7 @@ pub mod intake;
 pub mod params;
 pub mod problem;
 pub mod routes;
+pub mod uploads;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -24,12 +26,15 @@ use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 use crate::config::Config;
 use crate::dispatch::Dispatcher;
 use crate::metrics::{register, LATENCY_BUCKETS};
+use crate::store::Store;
 
 /// Shared by every worker.
 pub struct AppState {
     pub config: Arc<Config>,
     pub dispatcher: Arc<Dispatcher>,
     pub registry: Registry,
+    /// Where uploads and batch results are stored.
+    pub store: Arc<Store>,
 }
 
 /// The edge's own HTTP metrics.
@@ -45,7 +50,10 @@ impl HttpMetrics {
             requests: register(
                 registry,
                 IntCounterVec::new(
-                    Opts::new("imagegate_http_requests_total", "HTTP requests by route, method and status."),
+                    Opts::new(
+                        "imagegate_http_requests_total",
+                        "HTTP requests by route, method and status.",
+                    ),
                     &["route", "method", "status"],
                 )
                 .expect("valid metric"),
@@ -76,11 +84,13 @@ impl Bff {
     pub async fn new(config: Config) -> anyhow::Result<Self> {
         let registry = crate::metrics::new_registry();
         let dispatcher = Arc::new(Dispatcher::new(&config, &registry).await?);
+        let store = Arc::new(Store::open(&config.store, &registry)?);
         Ok(Bff {
             state: Arc::new(AppState {
                 config: Arc::new(config),
                 dispatcher,
                 registry,
+                store,
             }),
         })
     }
@@ -112,7 +122,10 @@ impl Bff {
                     let call = srv.call(req);
                     async move {
                         let res = call.await?;
-                        let route = res.request().match_pattern().unwrap_or_else(|| "unmatched".into());
+                        let route = res
+                            .request()
+                            .match_pattern()
+                            .unwrap_or_else(|| "unmatched".into());
                         m.requests
                             .with_label_values(&[&route, &method, res.status().as_str()])
                             .inc();
@@ -132,13 +145,17 @@ impl Bff {
         .listen(listener)?
         .run();
         tracing::info!(%addr, mode = ?self.state.config.mode, compute = %self.state.config.compute_url, "BFF listening");
+        // The retention sweep lives as long as the server (it also sets the store gauges).
+        let sweeper = self.state.store.spawn_sweeper();
         let handle = server.handle();
         actix_web::rt::spawn(async move {
             shutdown.await;
             tracing::info!("BFF draining in-flight requests");
             handle.stop(true).await;
         });
-        server.await?;
+        let served = server.await;
+        sweeper.abort();
+        served?;
         tracing::info!("BFF stopped");
         Ok(())
     }
@@ -148,5 +165,8 @@ impl Bff {
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let listener = std::net::TcpListener::bind(config.bff.listen)
         .map_err(|e| anyhow::anyhow!("cannot listen on {} (bff.listen): {e}", config.bff.listen))?;
-    Bff::new(config).await?.serve(listener, crate::shutdown::signal()).await
+    Bff::new(config)
+        .await?
+        .serve(listener, crate::shutdown::signal())
+        .await
 }

@@ -15,7 +15,10 @@ fn int(form: &Form, name: &str) -> Result<Option<i32>, Problem> {
     form.field(name)
         .map(|v| {
             v.parse::<i32>().map_err(|_| {
-                Problem::bad_request(format!("field `{name}` must be an integer, got {:?}", truncate(v)))
+                Problem::bad_request(format!(
+                    "field `{name}` must be an integer, got {:?}",
+                    truncate(v)
+                ))
             })
         })
         .transpose()
@@ -42,7 +45,9 @@ fn quality(form: &Form) -> Result<i32, Problem> {
     match int(form, "quality")? {
         None => Ok(0),
         Some(q) if (1..=100).contains(&q) => Ok(q),
-        Some(q) => Err(Problem::bad_request(format!("quality {q} is out of range 1-100"))),
+        Some(q) => Err(Problem::bad_request(format!(
+            "quality {q} is out of range 1-100"
+        ))),
     }
 }
 
@@ -93,13 +98,22 @@ fn non_negative(form: &Form, name: &str) -> Result<i32, Problem> {
     match int(form, name)? {
         None => Ok(0),
         Some(v) if v >= 0 => Ok(v),
-        Some(v) => Err(Problem::bad_request(format!("field `{name}` must not be negative, got {v}"))),
+        Some(v) => Err(Problem::bad_request(format!(
+            "field `{name}` must not be negative, got {v}"
+        ))),
     }
 }
 
 pub const COMPRESS_FIELDS: &[&str] = &["quality", "format"];
 pub const RESIZE_FIELDS: &[&str] = &["width", "height", "keep_aspect_ratio", "format", "quality"];
-pub const WATERMARK_FIELDS: &[&str] = &["text", "position", "opacity", "font_size", "format", "quality"];
+pub const WATERMARK_FIELDS: &[&str] = &[
+    "text",
+    "position",
+    "opacity",
+    "font_size",
+    "format",
+    "quality",
+];
 pub const BATCH_FIELDS: &[&str] = &[
     "operation",
     "quality",
@@ -138,7 +152,9 @@ pub fn resize_options(form: &Form) -> Result<ResizeOptions, Problem> {
 pub fn watermark_options(form: &Form) -> Result<WatermarkOptions, Problem> {
     let opacity = float(form, "opacity")?.unwrap_or(0.0);
     if !(0.0..=1.0).contains(&opacity) {
-        return Err(Problem::bad_request(format!("opacity {opacity} is out of range 0-1")));
+        return Err(Problem::bad_request(format!(
+            "opacity {opacity} is out of range 0-1"
+        )));
     }
     Ok(WatermarkOptions {
         // Text is taken as given (not trimmed): compute refuses empty or blank text.
@@ -174,7 +190,10 @@ pub fn resize_request(form: &Form, image: Bytes) -> Result<ResizeRequest, Proble
 
 pub fn watermark_request(form: &Form, image: Bytes) -> Result<WatermarkRequest, Problem> {
     let o = watermark_options(form)?;
-    let overlay = form.file("overlay").map(|f| f.data.clone()).unwrap_or_default();
+    let overlay = form
+        .file("overlay")
+        .map(|f| f.data.clone())
+        .unwrap_or_default();
     if o.text.is_empty() == overlay.is_empty() {
         return Err(Problem::bad_request(
             "give exactly one of `text` and an `overlay` image part",
@@ -194,7 +213,11 @@ pub fn watermark_request(form: &Form, image: Bytes) -> Result<WatermarkRequest, 
 
 /// The batch's `operation` and that operation's fields.
 pub fn batch_operation(form: &Form) -> Result<Operation, Problem> {
-    let op = match form.field("operation").map(str::to_ascii_lowercase).as_deref() {
+    let op = match form
+        .field("operation")
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+    {
         Some("compress") => operation::Op::Compress(compress_options(form)?),
         Some("resize") => operation::Op::Resize(resize_options(form)?),
         Some("watermark") => {
@@ -210,7 +233,11 @@ pub fn batch_operation(form: &Form) -> Result<Operation, Problem> {
                 truncate(other)
             )))
         }
-        None => return Err(Problem::bad_request("field `operation` is required: compress, resize or watermark")),
+        None => {
+            return Err(Problem::bad_request(
+                "field `operation` is required: compress, resize or watermark",
+            ))
+        }
     };
     Ok(Operation { op: Some(op) })
 }

@@ -51,14 +51,22 @@ impl Problem {
     }
 
     pub fn unsupported_type(detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported-image-type", detail)
+        Self::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported-image-type",
+            detail,
+        )
     }
 
     pub fn not_found(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, "not-found", detail)
     }
 
-    pub fn unavailable(kind: &'static str, detail: impl Into<String>, retry_after: Duration) -> Self {
+    pub fn unavailable(
+        kind: &'static str,
+        detail: impl Into<String>,
+        retry_after: Duration,
+    ) -> Self {
         Problem {
             retry_after: Some(retry_after.as_secs_f64().ceil().max(1.0) as u64),
             ..Self::new(StatusCode::SERVICE_UNAVAILABLE, kind, detail)
@@ -124,15 +132,53 @@ impl From<DispatchError> for Problem {
     }
 }
 
+/// How long a client should wait after the upload store failed.
+const STORE_RETRY_AFTER: Duration = Duration::from_secs(5);
+
+impl From<crate::store::StoreError> for Problem {
+    fn from(e: crate::store::StoreError) -> Self {
+        use crate::store::StoreError;
+        match e {
+            StoreError::NotAnImage => Problem::new(
+                StatusCode::BAD_GATEWAY,
+                "compute-failed",
+                "the compute service returned bytes of no storable image type",
+            ),
+            StoreError::NotFound => Problem::not_found("no such upload"),
+            // The cause (paths, endpoints) is logged by the store, not shown to clients.
+            e => {
+                let what = match e.op() {
+                    "put" => "storing the image failed and nothing was stored",
+                    "get" | "head" | "read" => "reading the image failed",
+                    _ => "the operation failed",
+                };
+                let timed_out = matches!(e, StoreError::Timeout { .. });
+                Problem::unavailable(
+                    "store-unavailable",
+                    format!(
+                        "the image store is unavailable: {what}{}; retry later",
+                        if timed_out { " (timed out)" } else { "" }
+                    ),
+                    STORE_RETRY_AFTER,
+                )
+            }
+        }
+    }
+}
+
 /// The contract's status table, from compute's gRPC status and ErrorInfo reason.
 pub fn from_status(status: &tonic::Status) -> Problem {
     let message = status.message().to_string();
     let reason = reason_of(status);
     match (status.code(), reason.as_deref()) {
-        (Code::InvalidArgument, Some(reason::UNSUPPORTED_FORMAT)) => Problem::unsupported_type(message),
-        (Code::InvalidArgument, Some(reason::UNDECODABLE_IMAGE)) => {
-            Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "undecodable-image", message)
+        (Code::InvalidArgument, Some(reason::UNSUPPORTED_FORMAT)) => {
+            Problem::unsupported_type(message)
         }
+        (Code::InvalidArgument, Some(reason::UNDECODABLE_IMAGE)) => Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "undecodable-image",
+            message,
+        ),
         (Code::InvalidArgument, Some(reason::PIXEL_LIMIT)) => {
             Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "pixel-limit", message)
         }
@@ -141,9 +187,15 @@ pub fn from_status(status: &tonic::Status) -> Problem {
             Problem::unavailable("compute-busy", message, COMPUTE_RETRY_AFTER)
         }
         (Code::ResourceExhausted, Some(reason::MESSAGE_TOO_LARGE)) => Problem::too_large(message),
-        (Code::OutOfRange, _) if message.contains("message length too large") => Problem::too_large(message),
-        (Code::ResourceExhausted, _) => Problem::unavailable("compute-busy", message, COMPUTE_RETRY_AFTER),
-        (Code::DeadlineExceeded, _) => Problem::new(StatusCode::GATEWAY_TIMEOUT, "deadline-exceeded", message),
+        (Code::OutOfRange, _) if message.contains("message length too large") => {
+            Problem::too_large(message)
+        }
+        (Code::ResourceExhausted, _) => {
+            Problem::unavailable("compute-busy", message, COMPUTE_RETRY_AFTER)
+        }
+        (Code::DeadlineExceeded, _) => {
+            Problem::new(StatusCode::GATEWAY_TIMEOUT, "deadline-exceeded", message)
+        }
         (Code::Unavailable, _) => Problem::unavailable(
             "compute-unavailable",
             format!("the compute service is unreachable: {message}"),
@@ -165,12 +217,27 @@ mod tests {
     #[test]
     fn compute_reasons_map_to_the_contracts_statuses() {
         let cases = [
-            (status(Code::InvalidArgument, reason::BAD_PARAMETER, "q"), 400),
-            (status(Code::InvalidArgument, reason::UNSUPPORTED_FORMAT, "x"), 415),
-            (status(Code::InvalidArgument, reason::UNDECODABLE_IMAGE, "x"), 422),
+            (
+                status(Code::InvalidArgument, reason::BAD_PARAMETER, "q"),
+                400,
+            ),
+            (
+                status(Code::InvalidArgument, reason::UNSUPPORTED_FORMAT, "x"),
+                415,
+            ),
+            (
+                status(Code::InvalidArgument, reason::UNDECODABLE_IMAGE, "x"),
+                422,
+            ),
             (status(Code::InvalidArgument, reason::PIXEL_LIMIT, "x"), 422),
-            (status(Code::ResourceExhausted, reason::MESSAGE_TOO_LARGE, "x"), 413),
-            (status(Code::ResourceExhausted, reason::QUEUE_FULL, "x"), 503),
+            (
+                status(Code::ResourceExhausted, reason::MESSAGE_TOO_LARGE, "x"),
+                413,
+            ),
+            (
+                status(Code::ResourceExhausted, reason::QUEUE_FULL, "x"),
+                503,
+            ),
             (tonic::Status::deadline_exceeded("x"), 504),
             (tonic::Status::unavailable("x"), 503),
             (tonic::Status::internal("x"), 502),

@@ -28,10 +28,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(get("/health", health))
         .service(get("/health/live", live))
         .service(get("/health/ready", ready))
-        .service(get("/metrics", metrics));
+        .service(get("/metrics", metrics))
+        .configure(super::uploads::configure);
 }
 
-fn post<F, Args>(path: &str, handler: F) -> actix_web::Resource
+pub(super) fn post<F, Args>(path: &str, handler: F) -> actix_web::Resource
 where
     F: actix_web::Handler<Args>,
     Args: actix_web::FromRequest + 'static,
@@ -42,7 +43,7 @@ where
         .default_service(web::to(method_not_allowed))
 }
 
-fn get<F, Args>(path: &str, handler: F) -> actix_web::Resource
+pub(super) fn get<F, Args>(path: &str, handler: F) -> actix_web::Resource
 where
     F: actix_web::Handler<Args> + Clone,
     Args: actix_web::FromRequest + 'static,
@@ -105,7 +106,11 @@ fn required_file(form: &super::intake::Form) -> Result<Bytes, Problem> {
         .ok_or_else(|| Problem::bad_request("the `file` part is required"))
 }
 
-async fn compress(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> Result<HttpResponse, Problem> {
+async fn compress(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, Problem> {
     let spec = FormSpec {
         text_fields: params::COMPRESS_FIELDS,
         ..SINGLE
@@ -114,14 +119,20 @@ async fn compress(req: HttpRequest, payload: web::Payload, state: web::Data<AppS
     let request = params::compress_request(&form, required_file(&form)?)?;
     let r = state.dispatcher.compress(request).await?;
     let ratio = r.compression_ratio;
-    Ok(image_response(r.image_data.clone(), r.original_size, r.elapsed_ms)
-        .insert_header(("X-Compression-Ratio", format!("{ratio:.3}")))
-        .insert_header(("X-Image-Width", r.width.to_string()))
-        .insert_header(("X-Image-Height", r.height.to_string()))
-        .body(r.image_data))
+    Ok(
+        image_response(r.image_data.clone(), r.original_size, r.elapsed_ms)
+            .insert_header(("X-Compression-Ratio", format!("{ratio:.3}")))
+            .insert_header(("X-Image-Width", r.width.to_string()))
+            .insert_header(("X-Image-Height", r.height.to_string()))
+            .body(r.image_data),
+    )
 }
 
-async fn resize(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> Result<HttpResponse, Problem> {
+async fn resize(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, Problem> {
     let spec = FormSpec {
         text_fields: params::RESIZE_FIELDS,
         ..SINGLE
@@ -129,14 +140,20 @@ async fn resize(req: HttpRequest, payload: web::Payload, state: web::Data<AppSta
     let form = read_form(&req, payload, limits(&state), &spec).await?;
     let request = params::resize_request(&form, required_file(&form)?)?;
     let r = state.dispatcher.resize(request).await?;
-    Ok(image_response(r.image_data.clone(), r.original_size, r.elapsed_ms)
-        .insert_header(("X-Image-Width", r.width.to_string()))
-        .insert_header(("X-Image-Height", r.height.to_string()))
-        .insert_header(("X-Compression-Ratio", ratio(r.original_size, r.output_size)))
-        .body(r.image_data))
+    Ok(
+        image_response(r.image_data.clone(), r.original_size, r.elapsed_ms)
+            .insert_header(("X-Image-Width", r.width.to_string()))
+            .insert_header(("X-Image-Height", r.height.to_string()))
+            .insert_header(("X-Compression-Ratio", ratio(r.original_size, r.output_size)))
+            .body(r.image_data),
+    )
 }
 
-async fn watermark(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> Result<HttpResponse, Problem> {
+async fn watermark(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, Problem> {
     let spec = FormSpec {
         file_fields: &["file", "overlay"],
         text_fields: params::WATERMARK_FIELDS,
@@ -145,9 +162,11 @@ async fn watermark(req: HttpRequest, payload: web::Payload, state: web::Data<App
     let form = read_form(&req, payload, limits(&state), &spec).await?;
     let request = params::watermark_request(&form, required_file(&form)?)?;
     let r = state.dispatcher.watermark(request).await?;
-    Ok(image_response(r.image_data.clone(), r.original_size, r.elapsed_ms)
-        .insert_header(("X-Compression-Ratio", ratio(r.original_size, r.output_size)))
-        .body(r.image_data))
+    Ok(
+        image_response(r.image_data.clone(), r.original_size, r.elapsed_ms)
+            .insert_header(("X-Compression-Ratio", ratio(r.original_size, r.output_size)))
+            .body(r.image_data),
+    )
 }
 
 fn ratio(original: i64, output: i64) -> String {
@@ -181,7 +200,11 @@ fn split_batch(images: Vec<Bytes>, max_message: usize) -> VecDeque<(usize, Vec<B
     groups
 }
 
-async fn batch(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> Result<HttpResponse, Problem> {
+async fn batch(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, Problem> {
     let spec = FormSpec {
         file_fields: &["file"],
         text_fields: params::BATCH_FIELDS,
@@ -291,7 +314,8 @@ impl BatchRun {
                     }
                     Some(Err(e)) => return self.fail(e.into()),
                     None if *seen < *len => {
-                        let detail = format!("compute ended the batch after {seen} of {len} images");
+                        let detail =
+                            format!("compute ended the batch after {seen} of {len} images");
                         return self.fail(Problem::new(
                             actix_web::http::StatusCode::BAD_GATEWAY,
                             "compute-failed",
@@ -326,7 +350,10 @@ impl BatchRun {
 /// Terminus-style health over the realtime lane.
 async fn check_compute(state: &AppState) -> HttpResponse {
     let timeout = state.config.bff.health_timeout;
-    let lane = state.dispatcher.lane_for(crate::dispatch::HEALTH_CHECK).name();
+    let lane = state
+        .dispatcher
+        .lane_for(crate::dispatch::HEALTH_CHECK)
+        .name();
     let details_up = json!({"grpc-compute": {"status": "up", "lane": lane}});
     let down = |message: String| {
         let entry = json!({"grpc-compute": {"status": "down", "message": message}});
@@ -367,7 +394,9 @@ mod tests {
 
     #[test]
     fn batches_split_under_the_message_limit_and_keep_order() {
-        let images: Vec<Bytes> = (0..5).map(|i| Bytes::from(vec![i as u8; 400_000])).collect();
+        let images: Vec<Bytes> = (0..5)
+            .map(|i| Bytes::from(vec![i as u8; 400_000]))
+            .collect();
         let groups = split_batch(images, 1024 * 1024);
         let offsets: Vec<usize> = groups.iter().map(|(o, _)| *o).collect();
         let sizes: Vec<usize> = groups.iter().map(|(_, g)| g.len()).collect();

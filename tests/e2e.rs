@@ -1,0 +1,805 @@
+//! End to end: the real compute server and the real BFF on ephemeral ports, over real TCP,
+//! called as a web client would (multipart in, image or SSE or problem+json out).
+
+mod support;
+
+use std::time::Duration;
+
+use reqwest::multipart::{Form, Part};
+use reqwest::StatusCode;
+use serde_json::Value;
+use support::*;
+
+fn file(data: Vec<u8>) -> Part {
+    // The client's Content-Type is deliberately wrong: the BFF sniffs the bytes.
+    Part::bytes(data)
+        .file_name("upload.bin")
+        .mime_str("application/octet-stream")
+        .unwrap()
+}
+
+async fn post(url: String, form: Form) -> reqwest::Response {
+    reqwest::Client::new()
+        .post(url)
+        .multipart(form)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// Asserts an RFC 9457 problem with `status`, and returns its body.
+async fn problem(response: reqwest::Response, status: StatusCode) -> Value {
+    assert_eq!(response.status(), status);
+    assert_eq!(
+        response.headers()["content-type"].to_str().unwrap(),
+        "application/problem+json"
+    );
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["status"], status.as_u16());
+    assert!(
+        body["type"].as_str().is_some_and(|t| !t.is_empty()),
+        "{body}"
+    );
+    assert!(
+        body["title"].as_str().is_some_and(|t| !t.is_empty()),
+        "{body}"
+    );
+    assert!(
+        body["detail"].as_str().is_some_and(|t| !t.is_empty()),
+        "{body}"
+    );
+    body
+}
+
+fn decode(bytes: &[u8]) -> image::DynamicImage {
+    image::load_from_memory(bytes).unwrap()
+}
+
+async fn metrics(bff: &Bff) -> String {
+    reqwest::get(bff.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn every_image_endpoint_returns_a_real_image() {
+    let compute = start_compute(compute_config(), None);
+    let bff = start_bff(bff_config(&compute.url()));
+
+    // compress: default WebP
+    let r = post(
+        bff.url("/v1/images/compress"),
+        Form::new()
+            .part("file", file(jpeg(640, 480)))
+            .text("quality", "70"),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "image/webp");
+    let original: usize = r.headers()["x-original-size"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let output: usize = r.headers()["x-output-size"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(r.headers().contains_key("x-compression-ratio"));
+    assert!(r.headers().contains_key("x-elapsed-ms"));
+    let body = r.bytes().await.unwrap();
+    assert_eq!(output, body.len());
+    assert_eq!(original, jpeg(640, 480).len());
+    let img = decode(&body);
+    assert_eq!((img.width(), img.height()), (640, 480));
+
+    // compress to JPEG
+    let r = post(
+        bff.url("/v1/images/compress"),
+        Form::new()
+            .part("file", file(png(100, 80)))
+            .text("format", "jpeg"),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "image/jpeg");
+    assert_eq!(decode(&r.bytes().await.unwrap()).width(), 100);
+
+    // resize: keeps the input's format by default
+    let r = post(
+        bff.url("/v1/images/resize"),
+        Form::new()
+            .part("file", file(jpeg(640, 480)))
+            .text("width", "320")
+            .text("height", "320"),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "image/jpeg");
+    assert_eq!(r.headers()["x-image-width"], "320");
+    assert_eq!(r.headers()["x-image-height"], "240");
+    let img = decode(&r.bytes().await.unwrap());
+    assert_eq!((img.width(), img.height()), (320, 240));
+
+    // resize exact, to PNG
+    let r = post(
+        bff.url("/v1/images/resize"),
+        Form::new()
+            .part("file", file(jpeg(640, 480)))
+            .text("width", "50")
+            .text("height", "70")
+            .text("keep_aspect_ratio", "false")
+            .text("format", "png"),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "image/png");
+    let img = decode(&r.bytes().await.unwrap());
+    assert_eq!((img.width(), img.height()), (50, 70));
+
+    // watermark: text
+    let r = post(
+        bff.url("/v1/images/watermark"),
+        Form::new()
+            .part("file", file(png(300, 200)))
+            .text("text", "© imagegate")
+            .text("position", "top-left")
+            .text("opacity", "0.9"),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "image/png");
+    let marked = decode(&r.bytes().await.unwrap()).to_rgb8();
+    let plain = decode(&png(300, 200)).to_rgb8();
+    assert_eq!(marked.dimensions(), (300, 200));
+    assert_ne!(
+        marked.as_raw(),
+        plain.as_raw(),
+        "the watermark changed nothing"
+    );
+
+    // watermark: overlay logo
+    let r = post(
+        bff.url("/v1/images/watermark"),
+        Form::new()
+            .part("file", file(jpeg(300, 200)))
+            .part("overlay", file(png(40, 20)))
+            .text("format", "webp"),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "image/webp");
+    assert_eq!(decode(&r.bytes().await.unwrap()).width(), 300);
+}
+
+/// Parses an SSE body into (event, data) pairs.
+fn sse_events(body: &str) -> Vec<(String, Value)> {
+    body.split("\n\n")
+        .filter(|block| !block.trim().is_empty())
+        .filter_map(|block| {
+            let mut event = String::from("message");
+            let mut data = String::new();
+            for line in block.lines() {
+                if let Some(e) = line.strip_prefix("event:") {
+                    event = e.trim().to_string();
+                } else if let Some(d) = line.strip_prefix("data:") {
+                    data.push_str(d.trim_start());
+                }
+            }
+            (!data.is_empty()).then(|| (event, serde_json::from_str(&data).unwrap()))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn batch_streams_progress_per_image_then_done() {
+    let compute = start_compute(compute_config(), None);
+    let bff = start_bff(bff_config(&compute.url()));
+    let form = Form::new()
+        .text("operation", "resize")
+        .text("width", "64")
+        .part("file", file(jpeg(320, 240)))
+        .part("file", file(b"this is not an image at all".to_vec()))
+        .part("file", file(png(200, 100)));
+    let r = post(bff.url("/v1/images/batch"), form).await;
+    assert_eq!(r.status(), 200);
+    assert!(r.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/event-stream"));
+    let events = sse_events(&r.text().await.unwrap());
+    assert_eq!(events.len(), 4, "{events:?}");
+    let (last, done) = events.last().unwrap();
+    assert_eq!(last, "done");
+    assert_eq!(
+        done,
+        &serde_json::json!({"total": 3, "succeeded": 2, "failed": 1})
+    );
+    let mut seen = Vec::new();
+    for (name, data) in &events[..3] {
+        assert_eq!(name, "progress");
+        let index = data["index"].as_u64().unwrap();
+        seen.push(index);
+        if index == 1 {
+            assert_eq!(data["success"], false);
+            assert!(
+                data["error"]
+                    .as_str()
+                    .unwrap()
+                    .contains("UNSUPPORTED_FORMAT"),
+                "{data}"
+            );
+        } else {
+            assert_eq!(data["success"], true, "{data}");
+            assert!(data["output_size"].as_u64().unwrap() > 0);
+            assert!(data["original_size"].as_u64().unwrap() > 0);
+            assert!(data["elapsed_ms"].is_u64());
+        }
+    }
+    seen.sort();
+    assert_eq!(seen, vec![0, 1, 2]);
+}
+
+#[tokio::test]
+async fn a_batch_above_the_message_limit_is_split_into_several_calls() {
+    let log = CallLog::default();
+    let compute = start_compute(compute_config(), Some(log.hook()));
+    let mut config = bff_config(&compute.url());
+    config.lanes.heavy.max_message_size = imagegate::config::Size::kib(180);
+    let bff = start_bff(config);
+    let image = jpeg(400, 300); // ~40 KB each: two per call
+    assert!(image.len() > 30_000, "{}", image.len());
+    let mut form = Form::new()
+        .text("operation", "compress")
+        .text("format", "jpeg");
+    for _ in 0..5 {
+        form = form.part("file", file(image.clone()));
+    }
+    let r = post(bff.url("/v1/images/batch"), form).await;
+    assert_eq!(r.status(), 200);
+    let events = sse_events(&r.text().await.unwrap());
+    assert_eq!(
+        events.last().unwrap().1,
+        serde_json::json!({"total": 5, "succeeded": 5, "failed": 0})
+    );
+    let mut indexes: Vec<u64> = events[..5]
+        .iter()
+        .map(|(_, d)| d["index"].as_u64().unwrap())
+        .collect();
+    indexes.sort();
+    assert_eq!(indexes, vec![0, 1, 2, 3, 4]);
+    assert!(
+        log.count("BatchProcess") >= 2,
+        "{} calls",
+        log.count("BatchProcess")
+    );
+}
+
+#[tokio::test]
+async fn every_error_row_of_the_contract_is_problem_json() {
+    let compute = start_compute(compute_config(), None);
+    let mut config = bff_config(&compute.url());
+    config.bff.max_file_size = imagegate::config::Size::kib(256);
+    config.bff.max_request_size = imagegate::config::Size::kib(512);
+    let bff = start_bff(config);
+    let url = bff.url("/v1/images/compress");
+
+    // 400: missing file, bad parameter, malformed multipart, unknown field
+    let b = problem(
+        post(url.clone(), Form::new().text("quality", "80")).await,
+        StatusCode::BAD_REQUEST,
+    )
+    .await;
+    assert!(b["detail"].as_str().unwrap().contains("file"), "{b}");
+    let b = problem(
+        post(
+            url.clone(),
+            Form::new()
+                .part("file", file(jpeg(32, 32)))
+                .text("quality", "0"),
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+    )
+    .await;
+    assert!(b["detail"].as_str().unwrap().contains("quality"), "{b}");
+    problem(
+        post(
+            url.clone(),
+            Form::new()
+                .part("file", file(jpeg(32, 32)))
+                .text("quality", "high"),
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+    )
+    .await;
+    problem(
+        post(
+            url.clone(),
+            Form::new()
+                .part("file", file(jpeg(32, 32)))
+                .text("format", "bmp"),
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+    )
+    .await;
+    problem(
+        post(
+            url.clone(),
+            Form::new()
+                .part("file", file(jpeg(32, 32)))
+                .text("colour", "red"),
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+    )
+    .await;
+    let r = reqwest::Client::new()
+        .post(url.clone())
+        .header("content-type", "multipart/form-data")
+        .body("no boundary here")
+        .send()
+        .await
+        .unwrap();
+    problem(r, StatusCode::BAD_REQUEST).await;
+    let r = reqwest::Client::new()
+        .post(url.clone())
+        .header("content-type", "multipart/form-data; boundary=XYZ")
+        .body("--XYZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a\"\r\n\r\n\u{ff}\u{d8}trunc")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let b = problem(
+        post(
+            bff.url("/v1/images/resize"),
+            Form::new()
+                .part("file", file(jpeg(32, 32)))
+                .text("width", "-5"),
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+    )
+    .await;
+    assert!(b["detail"].as_str().unwrap().contains("width"), "{b}");
+    // Range checked by compute, answered 400 with its message.
+    let b = problem(
+        post(
+            bff.url("/v1/images/resize"),
+            Form::new()
+                .part("file", file(jpeg(32, 32)))
+                .text("width", "20000"),
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+    )
+    .await;
+    assert!(b["detail"].as_str().unwrap().contains("16384"), "{b}");
+
+    // 413: a file above its limit, and a request above its limit
+    let mut oversized = jpeg(8, 8);
+    oversized.resize(300 * 1024, 0);
+    let b = problem(
+        post(url.clone(), Form::new().part("file", file(oversized))).await,
+        StatusCode::PAYLOAD_TOO_LARGE,
+    )
+    .await;
+    assert!(b["detail"].as_str().unwrap().contains("limit"), "{b}");
+    let big = Form::new()
+        .text("operation", "compress")
+        .part("file", file(jpeg(8, 8)))
+        .part("file", file(vec![0u8; 200 * 1024]))
+        .part("file", file(vec![0u8; 200 * 1024]))
+        .part("file", file(vec![0u8; 200 * 1024]));
+    problem(
+        post(bff.url("/v1/images/batch"), big).await,
+        StatusCode::PAYLOAD_TOO_LARGE,
+    )
+    .await;
+
+    // 415: not an image, whatever the client says
+    let b = problem(
+        post(
+            url.clone(),
+            Form::new().part("file", file(b"GIF? no. %PDF-1.7 ...........".to_vec())),
+        )
+        .await,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+    )
+    .await;
+    assert!(
+        b["detail"]
+            .as_str()
+            .unwrap()
+            .contains("not a supported image type"),
+        "{b}"
+    );
+
+    // 422: undecodable, and a pixel bomb
+    let mut truncated = png(64, 64);
+    truncated.truncate(truncated.len() / 2);
+    problem(
+        post(url.clone(), Form::new().part("file", file(truncated))).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+    )
+    .await;
+    let b = problem(
+        post(url.clone(), Form::new().part("file", file(png_bomb()))).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+    )
+    .await;
+    assert!(b["detail"].as_str().unwrap().contains("limit"), "{b}");
+
+    // 404 and 405 are problems too
+    problem(
+        reqwest::get(bff.url("/nope")).await.unwrap(),
+        StatusCode::NOT_FOUND,
+    )
+    .await;
+    problem(
+        reqwest::get(url.clone()).await.unwrap(),
+        StatusCode::METHOD_NOT_ALLOWED,
+    )
+    .await;
+
+    // Nothing leaked: no call holds a permit.
+    let text = metrics(&bff).await;
+    assert_eq!(
+        metric(&text, "imagegate_lane_in_flight{lane=\"heavy\"}"),
+        Some(0.0)
+    );
+}
+
+#[tokio::test]
+async fn a_deadline_passing_is_504() {
+    let log = CallLog::default();
+    let compute = start_compute(compute_config(), Some(log.hook()));
+    let mut config = bff_config(&compute.url());
+    config.lanes.heavy.deadline = Duration::from_millis(300);
+    let bff = start_bff(config);
+    log.hold("Compress");
+    let r = post(
+        bff.url("/v1/images/compress"),
+        Form::new().part("file", file(jpeg(32, 32))),
+    )
+    .await;
+    let b = problem(r, StatusCode::GATEWAY_TIMEOUT).await;
+    assert!(b["detail"].as_str().unwrap().contains("deadline"), "{b}");
+    log.release("Compress");
+    let text = metrics(&bff).await;
+    assert_eq!(
+        metric(
+            &text,
+            "imagegate_lane_rejected_total{lane=\"heavy\",reason=\"deadline\"}"
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(&text, "imagegate_lane_requests_total{code=\"DEADLINE_EXCEEDED\",lane=\"heavy\",method=\"compute.ImageService/Compress\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(&text, "imagegate_lane_in_flight{lane=\"heavy\"}"),
+        Some(0.0)
+    );
+}
+
+#[tokio::test]
+async fn a_compute_that_fails_is_502() {
+    // A real gRPC server that does not implement ImageService: UNIMPLEMENTED → 502.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (_reporter, health) = tonic_health::server::health_reporter();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(health)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let bff = start_bff(bff_config(&format!("http://{addr}")));
+    let r = post(
+        bff.url("/v1/images/compress"),
+        Form::new().part("file", file(jpeg(16, 16))),
+    )
+    .await;
+    problem(r, StatusCode::BAD_GATEWAY).await;
+}
+
+#[tokio::test]
+async fn lanes_use_separate_tcp_connections_and_shared_mode_uses_one() {
+    let log = CallLog::default();
+    let compute = start_compute(compute_config(), Some(log.hook()));
+    let mut config = bff_config(&compute.url());
+    config.lanes.heavy.connections = 3;
+    let bff = start_bff(config);
+    for _ in 0..6 {
+        let r = post(
+            bff.url("/v1/images/compress"),
+            Form::new().part("file", file(jpeg(16, 16))),
+        )
+        .await;
+        assert_eq!(r.status(), 200);
+        assert_eq!(
+            reqwest::get(bff.url("/health")).await.unwrap().status(),
+            200
+        );
+    }
+    let heavy = log.peers("Compress");
+    let realtime = log.peers("Check");
+    assert_eq!(heavy.len(), 3, "heavy peers {heavy:?}");
+    assert_eq!(realtime.len(), 1, "realtime peers {realtime:?}");
+    assert!(
+        heavy.is_disjoint(&realtime),
+        "a realtime call shared a heavy connection"
+    );
+    let text = metrics(&bff).await;
+    assert_eq!(
+        metric(&text, "imagegate_lane_connections{lane=\"heavy\"}"),
+        Some(3.0)
+    );
+    assert_eq!(
+        metric(&text, "imagegate_lane_connections{lane=\"realtime\"}"),
+        Some(1.0)
+    );
+    assert!(
+        metric(&text, "imagegate_lane_bytes_sent_total{lane=\"heavy\"}").unwrap() > 6.0 * 100.0
+    );
+    assert!(
+        metric(
+            &text,
+            "imagegate_lane_bytes_received_total{lane=\"realtime\"}"
+        )
+        .unwrap()
+            > 0.0
+    );
+    drop(bff);
+
+    // The seed's design: one connection for everything.
+    let shared_log = CallLog::default();
+    let compute2 = start_compute(compute_config(), Some(shared_log.hook()));
+    let mut config = bff_config(&compute2.url());
+    config.mode = imagegate::config::Mode::Shared;
+    config.lanes.heavy.connections = 3;
+    let bff = start_bff(config);
+    for _ in 0..4 {
+        assert_eq!(
+            post(
+                bff.url("/v1/images/compress"),
+                Form::new().part("file", file(jpeg(16, 16)))
+            )
+            .await
+            .status(),
+            200
+        );
+        assert_eq!(
+            reqwest::get(bff.url("/health")).await.unwrap().status(),
+            200
+        );
+    }
+    let all: std::collections::BTreeSet<_> = shared_log
+        .peers("Compress")
+        .union(&shared_log.peers("Check"))
+        .copied()
+        .collect();
+    assert_eq!(all.len(), 1, "shared mode used {all:?}");
+    let text = metrics(&bff).await;
+    assert_eq!(
+        metric(&text, "imagegate_lane_connections{lane=\"shared\"}"),
+        Some(1.0)
+    );
+    assert!(metric(&text, "imagegate_lane_in_flight{lane=\"shared\"}").is_some());
+}
+
+#[tokio::test]
+async fn a_saturated_heavy_lane_sheds_while_health_stays_up() {
+    let log = CallLog::default();
+    let compute = start_compute(compute_config(), Some(log.hook()));
+    let mut config = bff_config(&compute.url());
+    config.lanes.heavy.max_in_flight = 1;
+    config.lanes.heavy.queue_wait = Duration::from_millis(50);
+    let bff = start_bff(config);
+    log.hold("Compress");
+
+    let slow_url = bff.url("/v1/images/compress");
+    let slow = tokio::spawn(async move {
+        post(slow_url, Form::new().part("file", file(jpeg(64, 64))))
+            .await
+            .status()
+    });
+    assert!(
+        eventually(Duration::from_secs(20), async || {
+            metric(
+                &metrics(&bff).await,
+                "imagegate_lane_in_flight{lane=\"heavy\"}",
+            ) == Some(1.0)
+        })
+        .await,
+        "the slow job never got in flight"
+    );
+
+    let r = post(
+        bff.url("/v1/images/compress"),
+        Form::new().part("file", file(jpeg(64, 64))),
+    )
+    .await;
+    let retry_after: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(retry_after >= 1);
+    let b = problem(r, StatusCode::SERVICE_UNAVAILABLE).await;
+    assert!(b["detail"].as_str().unwrap().contains("heavy"), "{b}");
+
+    let health = reqwest::get(bff.url("/health")).await.unwrap();
+    assert_eq!(health.status(), 200);
+    let body: Value = health.json().await.unwrap();
+    assert_eq!(body["status"], "ok");
+    assert_eq!(body["info"]["grpc-compute"]["status"], "up");
+
+    let text = metrics(&bff).await;
+    assert_eq!(
+        metric(
+            &text,
+            "imagegate_lane_rejected_total{lane=\"heavy\",reason=\"saturated\"}"
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "imagegate_lane_rejected_total{lane=\"realtime\",reason=\"saturated\"}"
+        ),
+        Some(0.0)
+    );
+    assert_eq!(
+        metric(&text, "imagegate_lane_limit{lane=\"heavy\"}"),
+        Some(1.0)
+    );
+
+    log.release("Compress");
+    assert_eq!(slow.await.unwrap(), 200);
+    let text = metrics(&bff).await;
+    assert_eq!(
+        metric(&text, "imagegate_lane_in_flight{lane=\"heavy\"}"),
+        Some(0.0)
+    );
+    assert_eq!(
+        metric(&text, "imagegate_lane_in_flight{lane=\"realtime\"}"),
+        Some(0.0)
+    );
+}
+
+#[tokio::test]
+async fn compute_down_then_back_is_survived_without_restarting_the_bff() {
+    // Find a free port, then leave it closed: compute is "down".
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut config = bff_config(&format!("http://{addr}"));
+    config.lanes.heavy.retry_backoff = Duration::from_millis(5);
+    let bff = start_bff(config);
+
+    let health = reqwest::get(bff.url("/health")).await.unwrap();
+    assert_eq!(health.status(), 503);
+    let body: Value = health.json().await.unwrap();
+    assert_eq!(body["status"], "error");
+    assert_eq!(body["error"]["grpc-compute"]["status"], "down");
+    assert_eq!(
+        reqwest::get(bff.url("/health/ready"))
+            .await
+            .unwrap()
+            .status(),
+        503
+    );
+    assert_eq!(
+        reqwest::get(bff.url("/health/live"))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let r = post(
+        bff.url("/v1/images/compress"),
+        Form::new().part("file", file(jpeg(16, 16))),
+    )
+    .await;
+    assert!(r.status() == 503 || r.status() == 502, "{}", r.status());
+    problem(r, StatusCode::SERVICE_UNAVAILABLE).await;
+
+    let compute = start_compute_at(addr, compute_config(), None);
+    assert!(
+        eventually(Duration::from_secs(30), async || reqwest::get(
+            bff.url("/health")
+        )
+        .await
+        .unwrap()
+        .status()
+            == 200)
+        .await,
+        "the BFF never saw compute come back"
+    );
+    let r = post(
+        bff.url("/v1/images/compress"),
+        Form::new().part("file", file(jpeg(16, 16))),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+
+    // And down again: answers, never hangs.
+    compute.stop();
+    assert!(
+        eventually(Duration::from_secs(30), async || reqwest::get(
+            bff.url("/health")
+        )
+        .await
+        .unwrap()
+        .status()
+            == 503)
+        .await,
+        "health stayed up with compute stopped"
+    );
+    let text = metrics(&bff).await;
+    assert_eq!(
+        metric(&text, "imagegate_lane_in_flight{lane=\"heavy\"}"),
+        Some(0.0)
+    );
+}
+
+#[tokio::test]
+async fn metrics_expose_every_lane_family_and_http_metrics() {
+    let compute = start_compute(compute_config(), None);
+    let bff = start_bff(bff_config(&compute.url()));
+    let r = post(
+        bff.url("/v1/images/compress"),
+        Form::new().part("file", file(jpeg(16, 16))),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    let r = reqwest::get(bff.url("/metrics")).await.unwrap();
+    assert!(r.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain"));
+    let text = r.text().await.unwrap();
+    for family in [
+        "imagegate_lane_requests_total",
+        "imagegate_lane_request_duration_seconds_bucket",
+        "imagegate_lane_in_flight",
+        "imagegate_lane_queue_wait_seconds_bucket",
+        "imagegate_lane_rejected_total",
+        "imagegate_lane_limit",
+        "imagegate_lane_connections",
+        "imagegate_lane_bytes_sent_total",
+        "imagegate_lane_bytes_received_total",
+        "imagegate_http_requests_total",
+        "imagegate_http_request_duration_seconds_bucket",
+        "process_resident_memory_bytes",
+    ] {
+        assert!(text.contains(family), "missing {family}");
+    }
+    assert_eq!(
+        metric(&text, "imagegate_lane_requests_total{code=\"OK\",lane=\"heavy\",method=\"compute.ImageService/Compress\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(&text, "imagegate_lane_limit{lane=\"heavy\"}"),
+        Some(32.0)
+    );
+    assert_eq!(
+        metric(&text, "imagegate_lane_limit{lane=\"realtime\"}"),
+        Some(256.0)
+    );
+    assert_eq!(
+        metric(&text, "imagegate_http_requests_total{method=\"POST\",route=\"/v1/images/compress\",status=\"200\"}"),
+        Some(1.0)
+    );
+}

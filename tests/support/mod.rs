@@ -1,0 +1,310 @@
+//! Test support: start the real compute server and the real BFF on `127.0.0.1:0`, each on its
+//! own runtime thread (as in production), plus test images and small helpers.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use imagegate::compute::service::CallHook;
+use imagegate::compute::ComputeServer;
+use imagegate::config::{ComputeConfig, Config};
+use tokio::sync::{oneshot, Semaphore};
+
+/// A running compute server; stopped on drop.
+pub struct Compute {
+    pub addr: SocketAddr,
+    pub metrics_addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Compute {
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops the server and waits for it to finish.
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Compute {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// Test defaults: small pools so many servers fit in one test process.
+pub fn compute_config() -> ComputeConfig {
+    let mut c = Config::default().compute;
+    c.workers = 2;
+    c.drain_timeout = Duration::from_secs(5);
+    c
+}
+
+pub fn start_compute(config: ComputeConfig, hook: Option<CallHook>) -> Compute {
+    start_compute_at("127.0.0.1:0".parse().unwrap(), config, hook)
+}
+
+/// Starts compute on `addr` (port 0 for an ephemeral one).
+pub fn start_compute_at(
+    addr: SocketAddr,
+    config: ComputeConfig,
+    hook: Option<CallHook>,
+) -> Compute {
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let thread = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+            let metrics = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            ready_tx
+                .send((
+                    listener.local_addr().unwrap(),
+                    metrics.local_addr().unwrap(),
+                ))
+                .unwrap();
+            let mut server = ComputeServer::new(config);
+            if let Some(hook) = hook {
+                server = server.with_call_hook(hook);
+            }
+            server
+                .serve(listener, Some(metrics), async {
+                    let _ = stop_rx.await;
+                })
+                .await
+                .unwrap();
+        });
+    });
+    let (addr, metrics_addr) = ready_rx.recv_timeout(Duration::from_secs(30)).unwrap();
+    Compute {
+        addr,
+        metrics_addr,
+        stop: Some(stop_tx),
+        thread: Some(thread),
+    }
+}
+
+/// A running BFF; stopped on drop.
+pub struct Bff {
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Bff {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+}
+
+impl Drop for Bff {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Test defaults for the BFF, pointed at `compute_url`.
+pub fn bff_config(compute_url: &str) -> Config {
+    let mut c = Config::default();
+    c.compute_url = compute_url.to_string();
+    c.bff.workers = 2;
+    c.bff.shutdown_timeout = Duration::from_secs(2);
+    c
+}
+
+pub fn start_bff(config: Config) -> Bff {
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let thread = std::thread::spawn(move || {
+        actix_web::rt::System::new().block_on(async move {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            ready_tx.send(listener.local_addr().unwrap()).unwrap();
+            let bff = imagegate::edge::Bff::new(config).await.unwrap();
+            bff.serve(listener, async {
+                let _ = stop_rx.await;
+            })
+            .await
+            .unwrap();
+        });
+    });
+    let addr = ready_rx.recv_timeout(Duration::from_secs(30)).unwrap();
+    Bff {
+        addr,
+        stop: Some(stop_tx),
+        thread: Some(thread),
+    }
+}
+
+/// Records which connection (peer address) each call came on, and can hold calls of one
+/// method until released — a deterministic "slow job".
+#[derive(Clone, Default)]
+pub struct CallLog {
+    calls: Arc<Mutex<Vec<(&'static str, SocketAddr)>>>,
+    holds: Arc<Mutex<HashMap<&'static str, Arc<Semaphore>>>>,
+}
+
+impl CallLog {
+    pub fn hook(&self) -> CallHook {
+        let log = self.clone();
+        Arc::new(move |method, peer| {
+            let log = log.clone();
+            Box::pin(async move {
+                if let Some(peer) = peer {
+                    log.calls.lock().unwrap().push((method, peer));
+                }
+                let gate = log.holds.lock().unwrap().get(method).cloned();
+                if let Some(gate) = gate {
+                    gate.acquire().await.unwrap().forget();
+                }
+            })
+        })
+    }
+
+    /// From now on, calls of `method` wait until [`CallLog::release`].
+    pub fn hold(&self, method: &'static str) {
+        self.holds
+            .lock()
+            .unwrap()
+            .insert(method, Arc::new(Semaphore::new(0)));
+    }
+
+    /// Lets held calls of `method` (and all later ones) through.
+    pub fn release(&self, method: &'static str) {
+        if let Some(gate) = self.holds.lock().unwrap().remove(method) {
+            gate.add_permits(1 << 20);
+        }
+    }
+
+    /// Distinct peer addresses that called `method`.
+    pub fn peers(&self, method: &str) -> std::collections::BTreeSet<SocketAddr> {
+        self.calls
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(m, _)| *m == method)
+            .map(|(_, p)| *p)
+            .collect()
+    }
+
+    pub fn count(&self, method: &str) -> usize {
+        self.calls
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(m, _)| *m == method)
+            .count()
+    }
+}
+
+/// A photo-like RGB image: gradients, edges and noise (so codecs work as on a photo).
+pub fn photo(width: u32, height: u32) -> image::RgbImage {
+    let mut seed = 0x2545F4914F6CDD1Du64;
+    image::RgbImage::from_fn(width, height, |x, y| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let noise = (seed % 24) as i32 - 12;
+        let base = [
+            (x * 255 / width.max(1)) as i32,
+            (y * 255 / height.max(1)) as i32,
+            if (x / 40 + y / 40) % 2 == 0 { 60 } else { 190 },
+        ];
+        image::Rgb(base.map(|c| (c + noise).clamp(0, 255) as u8))
+    })
+}
+
+pub fn jpeg(width: u32, height: u32) -> Vec<u8> {
+    let mut out = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 90)
+        .encode_image(&photo(width, height))
+        .unwrap();
+    out
+}
+
+pub fn png(width: u32, height: u32) -> Vec<u8> {
+    let mut out = std::io::Cursor::new(Vec::new());
+    image::DynamicImage::ImageRgb8(photo(width, height))
+        .write_to(&mut out, image::ImageFormat::Png)
+        .unwrap();
+    out.into_inner()
+}
+
+/// A PNG whose header claims 100000×100000 pixels (a decompression bomb), with valid CRCs.
+pub fn png_bomb() -> Vec<u8> {
+    let mut ihdr = Vec::new();
+    ihdr.extend_from_slice(b"IHDR");
+    ihdr.extend_from_slice(&100_000u32.to_be_bytes());
+    ihdr.extend_from_slice(&100_000u32.to_be_bytes());
+    ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
+    let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
+    out.extend_from_slice(&13u32.to_be_bytes());
+    out.extend_from_slice(&ihdr);
+    out.extend_from_slice(&crc32(&ihdr).to_be_bytes());
+    let idat = b"IDAT\x78\x9c\x03\x00\x00\x00\x00\x01";
+    out.extend_from_slice(&((idat.len() - 4) as u32).to_be_bytes());
+    out.extend_from_slice(idat);
+    out.extend_from_slice(&crc32(idat).to_be_bytes());
+    out
+}
+
+fn crc32(data: &[u8]) -> u32 {
+    let mut crc = 0xFFFF_FFFFu32;
+    for &b in data {
+        crc ^= b as u32;
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+/// The value of a metric line (`name{labels} value`) in a text exposition, if present.
+pub fn metric(text: &str, name_and_labels: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(name_and_labels) && l[name_and_labels.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Polls `check` until it is true or `limit` passes (loose bounds: never a timing assertion).
+pub async fn eventually(limit: Duration, mut check: impl AsyncFnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if check().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
