@@ -738,3 +738,20 @@ mod tests {
         assert_eq!(c.bff.max_request_size, Size::mib(2));
     }
 }
+
+#[cfg(test)]
+mod example_tests {
+    use super::*;
+
+    #[test]
+    fn the_example_config_parses_and_equals_the_defaults() {
+        let text = include_str!("../deploy/imagegate.example.toml");
+        let example = Config::from_toml(text).unwrap();
+        let defaults = Config::default();
+        assert_eq!(example.lanes.heavy, defaults.lanes.heavy);
+        assert_eq!(example.lanes.realtime, defaults.lanes.realtime);
+        assert_eq!(example.routes, defaults.routes);
+        assert_eq!(example.bff.max_file_size, defaults.bff.max_file_size);
+        assert_eq!(example.compute.max_pixels, defaults.compute.max_pixels);
+    }
+}

@@ -86,7 +86,7 @@ pub fn rewrite_message_too_large<B: Default>(mut response: http::Response<B>) ->
     let Some(message) = headers
         .get(Status::GRPC_MESSAGE)
         .and_then(|v| v.to_str().ok())
-        .map(|m| percent_decode(m))
+        .map(percent_decode)
         .filter(|m| m.contains("message length too large"))
     else {
         return response;

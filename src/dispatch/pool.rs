@@ -116,11 +116,6 @@ impl ChannelPool {
         Channel::clone(&object)
     }
 
-    /// Number of channels (= TCP connections once connected).
-    pub fn size(&self) -> usize {
-        self.pool.status().max_size
-    }
-
     pub fn uri(&self) -> &str {
         &self.uri
     }
