@@ -131,17 +131,38 @@ pub struct ComputeConfig {
     pub drain_timeout: Duration,
 }
 
+/// The lanes: `heavy` and `realtime` always exist; any other table under `[lanes]` is a lane
+/// of your own (e.g. `[lanes.files]` with its own `url`), used through `[routes]`. Keys a
+/// custom lane leaves out take the heavy lane's defaults.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Lanes {
     pub heavy: LaneConfig,
     pub realtime: LaneConfig,
+    #[serde(flatten)]
+    pub custom: BTreeMap<String, LaneConfig>,
+}
+
+impl Lanes {
+    /// Every lane with its name, `heavy` and `realtime` first.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &LaneConfig)> {
+        [("heavy", &self.heavy), ("realtime", &self.realtime)]
+            .into_iter()
+            .chain(self.custom.iter().map(|(k, v)| (k.as_str(), v)))
+    }
+
+    /// A lane's config by name.
+    pub fn get(&self, name: &str) -> Option<&LaneConfig> {
+        self.iter().find(|(n, _)| *n == name).map(|(_, c)| c)
+    }
 }
 
 /// One bulkhead lane's limits (CONTRACT §4).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default = "LaneConfig::heavy_defaults")]
 pub struct LaneConfig {
+    /// The lane's own compute address (a service on another host); default: `compute_url`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
     /// HTTP/2 connections (each its own TCP connection) to each compute endpoint.
     pub connections: usize,
     /// Requests the lane lets run at once.
@@ -180,6 +201,7 @@ pub struct LaneConfig {
 impl LaneConfig {
     pub fn heavy_defaults() -> Self {
         LaneConfig {
+            url: None,
             connections: 4,
             max_in_flight: 32,
             queue_wait: Duration::from_millis(250),
@@ -199,6 +221,7 @@ impl LaneConfig {
 
     pub fn realtime_defaults() -> Self {
         LaneConfig {
+            url: None,
             connections: 1,
             max_in_flight: 256,
             queue_wait: Duration::from_millis(50),
@@ -441,9 +464,6 @@ impl StoreConfig {
     }
 }
 
-/// Lane names the routing table may use.
-pub const LANE_NAMES: [&str; 2] = ["heavy", "realtime"];
-
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -473,6 +493,7 @@ impl Default for Config {
             lanes: Lanes {
                 heavy: LaneConfig::heavy_defaults(),
                 realtime: LaneConfig::realtime_defaults(),
+                custom: BTreeMap::new(),
             },
             routes: default_routes(),
             store: StoreConfig::default(),
@@ -516,6 +537,20 @@ impl Config {
             .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
         config.compute_url = normalize_compute_url(&config.compute_url)
             .map_err(|why| anyhow::anyhow!("invalid configuration: compute_url: {why}"))?;
+        let lanes = &mut config.lanes;
+        for (name, lane) in [
+            ("heavy", &mut lanes.heavy),
+            ("realtime", &mut lanes.realtime),
+        ]
+        .into_iter()
+        .chain(lanes.custom.iter_mut().map(|(k, v)| (k.as_str(), v)))
+        {
+            if let Some(url) = &lane.url {
+                lane.url = Some(normalize_compute_url(url).map_err(|why| {
+                    anyhow::anyhow!("invalid configuration: lanes.{name}.url: {why}")
+                })?);
+            }
+        }
         config.validate()?;
         Ok(config)
     }
@@ -523,8 +558,23 @@ impl Config {
     /// Checks every value and reports all bad keys at once.
     pub fn validate(&self) -> anyhow::Result<()> {
         let mut errors = Vec::new();
-        self.lanes.heavy.validate("heavy", &mut errors);
-        self.lanes.realtime.validate("realtime", &mut errors);
+        for (name, lane) in self.lanes.iter() {
+            lane.validate(name, &mut errors);
+            let valid_name = !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
+            if !valid_name {
+                errors.push(format!(
+                    "lanes.{name}: a lane name is lowercase letters, digits, '_' or '-'"
+                ));
+            }
+            if !matches!(name, "heavy" | "realtime") && !self.routes.values().any(|l| l == name) {
+                errors.push(format!(
+                    "lanes.{name}: no route in [routes] uses this lane (a typo of a lane name?)"
+                ));
+            }
+        }
         let b = &self.bff;
         if b.max_file_size.0 == 0 {
             errors.push("bff.max_file_size: must be above 0".into());
@@ -558,9 +608,10 @@ impl Config {
                     "routes.\"{key}\": a key is a service (\"compute.ImageService\") or a method (\"compute.ImageService/Compress\")"
                 ));
             }
-            if !LANE_NAMES.contains(&lane.as_str()) {
+            if self.lanes.get(lane).is_none() {
+                let names: Vec<&str> = self.lanes.iter().map(|(n, _)| n).collect();
                 errors.push(format!(
-                    "routes.\"{key}\": unknown lane {lane:?}, expected one of {LANE_NAMES:?}"
+                    "routes.\"{key}\": unknown lane {lane:?}, expected one of {names:?}"
                 ));
             }
         }
@@ -574,14 +625,20 @@ impl Config {
     /// The lane an RPC path (`/compute.ImageService/Compress`) is routed to: the method's own
     /// entry wins over its service's; unrouted RPCs go to `heavy`.
     pub fn lane_for(&self, path: &str) -> &str {
-        let path = path.trim_start_matches('/');
-        let service = path.split('/').next().unwrap_or(path);
-        self.routes
-            .get(path)
-            .or_else(|| self.routes.get(service))
-            .map(String::as_str)
-            .unwrap_or("heavy")
+        route(&self.routes, path)
     }
+}
+
+/// The routing rule: a method's own entry wins over its service's; unrouted RPCs take the
+/// heavy lane. `method` may start with `/`.
+pub fn route<'a>(routes: &'a BTreeMap<String, String>, method: &str) -> &'a str {
+    let method = method.trim_start_matches('/');
+    let service = method.split('/').next().unwrap_or(method);
+    routes
+        .get(method)
+        .or_else(|| routes.get(service))
+        .map(String::as_str)
+        .unwrap_or("heavy")
 }
 
 fn is_route_key(key: &str) -> bool {
@@ -687,6 +744,30 @@ mod tests {
     }
 
     #[test]
+    fn a_lane_of_its_own_is_made_by_config_alone() {
+        let c = Config::from_toml(
+            "[lanes.files]\nurl = \"files-host:50052\"\nmax_in_flight = 8\n\
+             [routes]\n\"compute.FileService\" = \"files\"",
+        )
+        .unwrap();
+        let files = c.lanes.get("files").unwrap();
+        assert_eq!(files.url.as_deref(), Some("http://files-host:50052"));
+        assert_eq!(files.max_in_flight, 8);
+        assert_eq!(
+            files.deadline,
+            Duration::from_secs(30),
+            "unset keys: heavy defaults"
+        );
+        assert_eq!(c.lane_for("/compute.FileService/Upload"), "files");
+        // A lane no route uses is most likely a typo.
+        let e = Config::from_toml("[lanes.heavvy]\nmax_in_flight = 8").unwrap_err();
+        assert!(e.to_string().contains("lanes.heavvy"), "{e}");
+        let e = Config::from_toml("[lanes.files]\nmax_inflight = 8\n[routes]\n\"a.B\" = \"files\"")
+            .unwrap_err();
+        assert!(e.to_string().contains("max_inflight"), "{e}");
+    }
+
+    #[test]
     fn compute_url_accepts_the_seeds_forms() {
         assert_eq!(
             normalize_compute_url("localhost:50051").unwrap(),
@@ -725,8 +806,9 @@ mod tests {
         assert!(e.to_string().contains("bucket_name"), "{e}");
         let e = Config::from_toml("[store]\nbackend = \"ftp\"").unwrap_err();
         assert!(e.to_string().contains("backend"), "{e}");
-        let c = Config::from_toml("[store]\nsecret_access_key = \"hunter2\"\naccess_key_id = \"a\"")
-            .unwrap();
+        let c =
+            Config::from_toml("[store]\nsecret_access_key = \"hunter2\"\naccess_key_id = \"a\"")
+                .unwrap();
         assert!(!format!("{c:?}").contains("hunter2"));
     }
 

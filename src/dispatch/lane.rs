@@ -23,7 +23,7 @@ use crate::config::LaneConfig;
 
 /// One lane: its limits (swappable at run time), permits, connections and metrics.
 pub struct Lane {
-    name: &'static str,
+    name: String,
     config: ArcSwap<LaneConfig>,
     limiter: Arc<Limiter>,
     pool: Arc<ChannelPool>,
@@ -50,7 +50,7 @@ fn budget_for(config: &LaneConfig) -> TpsBudget {
 
 impl Lane {
     pub fn new(
-        name: &'static str,
+        name: &str,
         config: LaneConfig,
         pool: Arc<ChannelPool>,
         metrics: LaneMetrics,
@@ -58,7 +58,7 @@ impl Lane {
         let limiter = Limiter::new(config.max_in_flight);
         metrics.limit.set(config.max_in_flight as i64);
         Lane {
-            name,
+            name: name.to_string(),
             budget: ArcSwap::from_pointee(budget_for(&config)),
             config: ArcSwap::from_pointee(config),
             limiter,
@@ -67,8 +67,8 @@ impl Lane {
         }
     }
 
-    pub fn name(&self) -> &'static str {
-        self.name
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
     /// The limits in force.
@@ -106,7 +106,7 @@ impl Lane {
         let Some(permit) = permit else {
             self.metrics.rejected(rejected::SATURATED).inc();
             return Err(DispatchError::Saturated {
-                lane: self.name,
+                lane: self.name.clone(),
                 retry_after: retry_after(config),
             });
         };
@@ -166,7 +166,7 @@ impl Lane {
         match self.with_retries(&config, deadline, request, &call).await {
             Ok(response) => Ok(LaneStream {
                 inner: response.into_inner(),
-                lane: self.name,
+                lane: self.name.clone(),
                 deadline: Box::pin(tokio::time::sleep_until(deadline)),
                 deadline_len: config.deadline,
                 finished: false,
@@ -234,7 +234,7 @@ impl Lane {
                 return Err(DispatchError::Status(status));
             }
             tracing::debug!(
-                lane = self.name,
+                lane = %self.name,
                 attempt,
                 ?backoff,
                 "retrying a call that never reached compute"
@@ -246,7 +246,7 @@ impl Lane {
     fn deadline_exceeded(&self, config: &LaneConfig) -> DispatchError {
         self.metrics.rejected(rejected::DEADLINE).inc();
         DispatchError::Deadline {
-            lane: self.name,
+            lane: self.name.clone(),
             deadline: config.deadline,
         }
     }
@@ -291,7 +291,7 @@ struct StreamRecord {
 /// A server stream that holds its lane permit and enforces the lane deadline to its end.
 pub struct LaneStream<T> {
     inner: tonic::Streaming<T>,
-    lane: &'static str,
+    lane: String,
     deadline: Pin<Box<Sleep>>,
     deadline_len: Duration,
     finished: bool,
@@ -329,7 +329,7 @@ impl<T> Stream for LaneStream<T> {
         }
         if this.deadline.as_mut().poll(cx).is_ready() {
             let err = DispatchError::Deadline {
-                lane: this.lane,
+                lane: this.lane.clone(),
                 deadline: this.deadline_len,
             };
             this.finish(Code::DeadlineExceeded);

@@ -25,7 +25,7 @@ use std::time::Duration;
 use prometheus::Registry;
 use tonic::Status;
 
-use crate::config::{Config, LaneConfig, Mode};
+use crate::config::{Config, Mode};
 use crate::proto::{
     health_service_client::HealthServiceClient, image_service_client::ImageServiceClient,
 };
@@ -37,15 +37,9 @@ use pool::ChannelPool;
 #[derive(Debug, thiserror::Error)]
 pub enum DispatchError {
     #[error("the {lane} lane is saturated: no permit within its queue wait")]
-    Saturated {
-        lane: &'static str,
-        retry_after: Duration,
-    },
+    Saturated { lane: String, retry_after: Duration },
     #[error("the {lane} lane's deadline of {deadline:?} passed")]
-    Deadline {
-        lane: &'static str,
-        deadline: Duration,
-    },
+    Deadline { lane: String, deadline: Duration },
     #[error("compute answered {}: {}", .0.code(), .0.message())]
     Status(Status),
 }
@@ -85,7 +79,7 @@ impl Drop for LaneRuntime {
 /// multiply every limit by the worker count).
 pub struct Dispatcher {
     mode: Mode,
-    lanes: HashMap<&'static str, Arc<Lane>>,
+    lanes: HashMap<String, Arc<Lane>>,
     routes: std::collections::BTreeMap<String, String>,
     // Declared last: runtimes stop after the lanes' channels are dropped.
     _runtimes: Vec<LaneRuntime>,
@@ -103,42 +97,20 @@ impl Dispatcher {
         let families = LaneMetricFamilies::new(registry);
         let mut lanes = HashMap::new();
         let mut runtimes = Vec::new();
-        let configs: [(&'static str, &LaneConfig); 2] = [
-            ("heavy", &config.lanes.heavy),
-            ("realtime", &config.lanes.realtime),
-        ];
-        match config.mode {
-            Mode::Bulkhead => {
-                for (name, lane_config) in configs {
-                    let rt = LaneRuntime::new(name, lane_config.io_threads)?;
-                    let metrics = families.for_lane(name);
-                    let pool = ChannelPool::new(
-                        &config.compute_url,
-                        lane_config,
-                        metrics.connections.clone(),
-                        rt.handle(),
-                    )
-                    .await?;
-                    lanes.insert(
-                        name,
-                        Arc::new(Lane::new(
-                            name,
-                            lane_config.clone(),
-                            Arc::new(pool),
-                            metrics,
-                        )),
-                    );
-                    runtimes.push(rt);
-                }
-            }
+        // In shared mode every lane without an address of its own sends on one connection,
+        // driven by one runtime, with the heavy lane's settings (and room for the larger of
+        // the lanes' message limits). Lanes keep their own admission limits either way.
+        let shared_pool = match config.mode {
+            Mode::Bulkhead => None,
             Mode::Shared => {
-                // One connection, one runtime; its settings are the heavy lane's, with room
-                // for the larger of the two message limits.
                 let mut shared = config.lanes.heavy.clone();
                 shared.connections = 1;
-                shared.max_message_size = shared
-                    .max_message_size
-                    .max(config.lanes.realtime.max_message_size);
+                shared.max_message_size = config
+                    .lanes
+                    .iter()
+                    .map(|(_, l)| l.max_message_size)
+                    .max()
+                    .unwrap_or(shared.max_message_size);
                 let rt = LaneRuntime::new("shared", shared.io_threads)?;
                 let metrics = families.for_lane("shared");
                 let pool = Arc::new(
@@ -150,19 +122,32 @@ impl Dispatcher {
                     )
                     .await?,
                 );
-                for (name, lane_config) in configs {
-                    lanes.insert(
-                        name,
-                        Arc::new(Lane::new(
-                            name,
-                            lane_config.clone(),
-                            pool.clone(),
-                            metrics.clone(),
-                        )),
-                    );
-                }
                 runtimes.push(rt);
+                Some((pool, metrics))
             }
+        };
+        for (name, lane_config) in config.lanes.iter() {
+            let (pool, metrics) = match (&shared_pool, &lane_config.url) {
+                (Some((pool, metrics)), None) => (pool.clone(), metrics.clone()),
+                _ => {
+                    let rt = LaneRuntime::new(name, lane_config.io_threads)?;
+                    let metrics = families.for_lane(name);
+                    let url = lane_config.url.as_deref().unwrap_or(&config.compute_url);
+                    let pool = ChannelPool::new(
+                        url,
+                        lane_config,
+                        metrics.connections.clone(),
+                        rt.handle(),
+                    )
+                    .await?;
+                    runtimes.push(rt);
+                    (Arc::new(pool), metrics)
+                }
+            };
+            lanes.insert(
+                name.to_string(),
+                Arc::new(Lane::new(name, lane_config.clone(), pool, metrics)),
+            );
         }
         let dispatcher = Dispatcher {
             mode: config.mode,
@@ -186,27 +171,29 @@ impl Dispatcher {
     /// The lane an RPC (`compute.ImageService/Compress`) is routed to: a method's own route
     /// wins over its service's; unrouted RPCs take the heavy lane.
     pub fn lane_for(&self, method: &str) -> &Arc<Lane> {
-        let service = method.split('/').next().unwrap_or(method);
-        let name = self
-            .routes
-            .get(method)
-            .or_else(|| self.routes.get(service))
-            .map(String::as_str)
-            .unwrap_or("heavy");
+        let name = crate::config::route(&self.routes, method);
         self.lanes.get(name).unwrap_or(&self.lanes["heavy"])
     }
 
     /// Applies new lane limits at run time (see [`Lane::set_limits`]).
     pub fn set_limits(&self, config: &Config) {
-        self.lanes["heavy"].set_limits(config.lanes.heavy.clone());
-        self.lanes["realtime"].set_limits(config.lanes.realtime.clone());
+        for (name, lane_config) in config.lanes.iter() {
+            if let Some(lane) = self.lanes.get(name) {
+                lane.set_limits(lane_config.clone());
+            }
+        }
         self.publish_limits();
     }
 
     fn publish_limits(&self) {
         if self.mode == Mode::Shared {
-            // Both lanes report as `shared`: show their combined limit.
-            let total: usize = self.lanes.values().map(|l| l.config().max_in_flight).sum();
+            // Lanes on the shared connection report as `shared`: show their combined limit.
+            let total: usize = self
+                .lanes
+                .values()
+                .filter(|l| l.metrics().label == "shared")
+                .map(|l| l.config().max_in_flight)
+                .sum();
             self.lanes["heavy"].metrics().limit.set(total as i64);
         }
     }
@@ -291,7 +278,7 @@ impl Dispatcher {
             tokio::time::timeout(timeout, call)
                 .await
                 .map_err(|_| DispatchError::Deadline {
-                    lane: lane.name(),
+                    lane: lane.name().to_string(),
                     deadline: timeout,
                 })??;
         Ok(crate::proto::ServingStatus::try_from(response.status)

@@ -1,0 +1,201 @@
+//! Live reload: SIGHUP or `POST /admin/reload` re-reads the configuration (the same file and
+//! environment as at start) and applies new lane limits — max in flight, queue wait, deadline,
+//! retries and budget — without a restart and without failing calls in flight. An invalid
+//! config is refused with a message naming the key, and the old one stays in force.
+//! Settings that shape connections or listeners (connections, windows, keepalive, message
+//! sizes, addresses, mode, routes) need a restart; a reload that changes them says so.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use prometheus::{IntCounterVec, Opts, Registry};
+
+use crate::config::{Config, LaneConfig};
+use crate::dispatch::Dispatcher;
+use crate::metrics::register;
+
+/// Re-reads the config and applies what can change at run time.
+pub struct Reloader {
+    path: Option<PathBuf>,
+    dispatcher: Arc<Dispatcher>,
+    current: arc_swap::ArcSwap<Config>,
+    reloads: IntCounterVec,
+}
+
+/// What a successful reload did.
+#[derive(Debug, serde::Serialize)]
+pub struct Outcome {
+    /// Keys whose new values are in force.
+    pub applied: Vec<String>,
+    /// Keys that changed but need a restart to take effect.
+    pub restart_needed: Vec<String>,
+}
+
+impl Reloader {
+    pub fn new(
+        path: Option<PathBuf>,
+        config: Arc<Config>,
+        dispatcher: Arc<Dispatcher>,
+        registry: &Registry,
+    ) -> Self {
+        let reloads = register(
+            registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "imagegate_config_reloads_total",
+                    "Configuration reloads by result (ok, error).",
+                ),
+                &["result"],
+            )
+            .expect("valid metric"),
+        );
+        for result in ["ok", "error"] {
+            reloads.with_label_values(&[result]);
+        }
+        Reloader {
+            path,
+            dispatcher,
+            current: arc_swap::ArcSwap::new(config),
+            reloads,
+        }
+    }
+
+    /// The configuration in force.
+    pub fn current(&self) -> Arc<Config> {
+        self.current.load_full()
+    }
+
+    /// Reads and validates the config, then applies the lane limits.
+    pub fn reload(&self) -> Result<Outcome, String> {
+        match Config::load(self.path.as_deref()) {
+            Ok(new) => {
+                let outcome = self.apply(new);
+                self.reloads.with_label_values(&["ok"]).inc();
+                tracing::info!(applied = ?outcome.applied, restart_needed = ?outcome.restart_needed, "configuration reloaded");
+                Ok(outcome)
+            }
+            Err(e) => {
+                self.reloads.with_label_values(&["error"]).inc();
+                let message = format!("{e:#}");
+                tracing::error!("configuration reload refused, keeping the old one: {message}");
+                Err(message)
+            }
+        }
+    }
+
+    fn apply(&self, new: Config) -> Outcome {
+        let old = self.current.load_full();
+        let mut applied = Vec::new();
+        let mut restart_needed = Vec::new();
+        for (name, n) in new.lanes.iter() {
+            match old.lanes.get(name) {
+                Some(o) => diff_lane(name, o, n, &mut applied, &mut restart_needed),
+                None => restart_needed.push(format!("lanes.{name}")),
+            }
+        }
+        for (name, _) in old.lanes.iter() {
+            if new.lanes.get(name).is_none() {
+                restart_needed.push(format!("lanes.{name}"));
+            }
+        }
+        if old.mode != new.mode {
+            restart_needed.push("mode".into());
+        }
+        if old.routes != new.routes {
+            restart_needed.push("routes".into());
+        }
+        if old.compute_url != new.compute_url {
+            restart_needed.push("compute_url".into());
+        }
+        self.dispatcher.set_limits(&new);
+        self.current.store(Arc::new(new));
+        Outcome {
+            applied,
+            restart_needed,
+        }
+    }
+}
+
+fn diff_lane(
+    name: &str,
+    old: &LaneConfig,
+    new: &LaneConfig,
+    applied: &mut Vec<String>,
+    restart: &mut Vec<String>,
+) {
+    let mut key = |changed: bool, live: bool, field: &str| {
+        if changed {
+            let k = format!("lanes.{name}.{field}");
+            if live {
+                applied.push(k);
+            } else {
+                restart.push(k);
+            }
+        }
+    };
+    key(
+        old.max_in_flight != new.max_in_flight,
+        true,
+        "max_in_flight",
+    );
+    key(old.queue_wait != new.queue_wait, true, "queue_wait");
+    key(old.deadline != new.deadline, true, "deadline");
+    key(old.retries != new.retries, true, "retries");
+    key(
+        old.retry_backoff != new.retry_backoff,
+        true,
+        "retry_backoff",
+    );
+    key(
+        old.retry_budget_ratio != new.retry_budget_ratio,
+        true,
+        "retry_budget_ratio",
+    );
+    key(old.url != new.url, false, "url");
+    key(old.connections != new.connections, false, "connections");
+    key(
+        old.keepalive_interval != new.keepalive_interval,
+        false,
+        "keepalive_interval",
+    );
+    key(
+        old.keepalive_timeout != new.keepalive_timeout,
+        false,
+        "keepalive_timeout",
+    );
+    key(
+        old.connect_timeout != new.connect_timeout,
+        false,
+        "connect_timeout",
+    );
+    key(
+        old.max_message_size != new.max_message_size,
+        true,
+        "max_message_size",
+    );
+    key(
+        old.stream_window != new.stream_window,
+        false,
+        "stream_window",
+    );
+    key(
+        old.connection_window != new.connection_window,
+        false,
+        "connection_window",
+    );
+    key(old.io_threads != new.io_threads, false, "io_threads");
+}
+
+/// Reloads on every SIGHUP until the process ends.
+#[cfg(unix)]
+pub async fn reload_on_sighup(reloader: Arc<Reloader>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP; reload with POST /admin/reload");
+        return;
+    };
+    while hangups.recv().await.is_some() {
+        tracing::info!("SIGHUP: reloading the configuration");
+        let _ = reloader.reload();
+    }
+}
