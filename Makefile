@@ -3,18 +3,24 @@ SHELL := /bin/bash
 CARGO ?= cargo
 APT_GET := $(shell command -v apt-get 2>/dev/null)
 
-.PHONY: help deps build run test lint fmt bench-ops bench-edge bench-hol clean
+.PHONY: help deps test-deps build run test lint lint-deploy fmt bench-ops bench-edge bench-hol clean
 
 help: ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-deps: ## build tools the crates want (nasm gives mozjpeg its SIMD; installed if missing)
+deps: ## tools: nasm (mozjpeg SIMD), prometheus + promtool (tests, lint-deploy); installed if missing
 	@command -v nasm >/dev/null 2>&1 || { \
 	  if [ -n "$(APT_GET)" ] && [ "$$(id -u)" = 0 ]; then \
 	    echo "installing nasm (mozjpeg SIMD)"; \
 	    (apt-get install -y -qq nasm >/dev/null 2>&1 || (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq nasm >/dev/null 2>&1)) \
 	      || echo "warning: could not install nasm; JPEG will be built without SIMD"; \
 	  else echo "warning: nasm missing; JPEG will be built without SIMD"; fi; }
+	@command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1 || { \
+	  if [ -n "$(APT_GET)" ] && [ "$$(id -u)" = 0 ]; then \
+	    echo "installing prometheus + promtool (tests/prometheus_scrape.rs, make lint-deploy)"; \
+	    scripts/lint-deploy.sh install-prometheus \
+	      || echo "warning: could not install prometheus; tests/prometheus_scrape.rs will fail"; \
+	  else echo "warning: prometheus missing (apt-get install prometheus); tests/prometheus_scrape.rs will fail"; fi; }
 
 build: deps ## release build of the imagegate binary
 	$(CARGO) build --release --bin imagegate
@@ -22,12 +28,24 @@ build: deps ## release build of the imagegate binary
 run: build ## compute + BFF on loopback (BFF on http://127.0.0.1:8080)
 	./target/release/imagegate dev
 
-test: deps ## the whole test suite (unit, integration, end-to-end)
+test-deps: ## the S3-protocol server the S3 tests start (moto_server, from PyPI; installed if missing)
+	@moto_server --help >/dev/null 2>&1 || { \
+	  echo "installing moto[server] (S3 test server)"; \
+	  python3 -m pip install --quiet --disable-pip-version-check 'moto[server]' \
+	    || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages 'moto[server]' \
+	    || { echo "error: could not install moto[server]; the S3 tests will fail" >&2; exit 1; }; \
+	  if command -v pyenv >/dev/null 2>&1; then pyenv rehash; fi; \
+	  moto_server --help >/dev/null 2>&1 || { echo "error: moto_server is not on PATH after installing moto[server]" >&2; exit 1; }; }
+
+test: deps test-deps ## the whole test suite (unit, integration, end-to-end)
 	$(CARGO) test --lib --bins --tests
 
-lint: ## rustfmt check and clippy with warnings as errors
+lint: lint-deploy ## lint-deploy, then rustfmt check and clippy with warnings as errors
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
+
+lint-deploy: ## deploy/ offline: promtool rules + live /metrics, k8s schemas, Grafana JSON
+	scripts/lint-deploy.sh
 
 fmt: ## format the code
 	$(CARGO) fmt --all

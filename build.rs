@@ -9,8 +9,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let fds = protox::compile(["compute/compute.proto"], ["proto"])?;
     let out_dir = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
     std::fs::write(out_dir.join("compute_descriptor.bin"), fds.encode_to_vec())?;
-    tonic_prost_build::configure()
-        .bytes(".")
-        .compile_fds(fds)?;
+    tonic_prost_build::configure().bytes(".").compile_fds(fds)?;
     Ok(())
 }

@@ -190,7 +190,10 @@ fn payload(label: &str, target: usize) -> Payload {
     }
     let (_, data, width, height) = best.expect("at least one attempt");
     Payload {
-        label: format!("{label} JPEG ({width}×{height}, {})", human_bytes(data.len())),
+        label: format!(
+            "{label} JPEG ({width}×{height}, {})",
+            human_bytes(data.len())
+        ),
         data: data.into(),
         width,
         height,
@@ -217,11 +220,10 @@ enum Side {
 }
 
 fn form(data: &Bytes, quality: &str) -> reqwest::multipart::Form {
-    let part =
-        reqwest::multipart::Part::stream_with_length(data.clone(), data.len() as u64)
-            .file_name("photo.jpg")
-            .mime_str("image/jpeg")
-            .expect("valid mime");
+    let part = reqwest::multipart::Part::stream_with_length(data.clone(), data.len() as u64)
+        .file_name("photo.jpg")
+        .mime_str("image/jpeg")
+        .expect("valid mime");
     reqwest::multipart::Form::new()
         .text("quality", quality.to_string())
         .text("format", "jpeg")
@@ -279,10 +281,7 @@ impl Client {
                     .headers()
                     .get(reqwest::header::CONTENT_TYPE)
                     .is_some_and(|v| v.as_bytes() == b"image/jpeg");
-                let body = resp
-                    .bytes()
-                    .await
-                    .map_err(|e| format!("http body: {e}"))?;
+                let body = resp.bytes().await.map_err(|e| format!("http body: {e}"))?;
                 match side {
                     Side::Bff if status == 200 && jpeg && !body.is_empty() => Ok(()),
                     Side::Intake if status == 400 => Ok(()),
@@ -384,7 +383,13 @@ struct Latency {
 
 /// `n` rounds (bounded by `limit`), each one request per side in a rotating order, so that
 /// drift and noise on the machine reach every side alike.
-async fn latency(client: &Client, p: &Payload, n: usize, warmup: usize, limit: Duration) -> Latency {
+async fn latency(
+    client: &Client,
+    p: &Payload,
+    n: usize,
+    warmup: usize,
+    limit: Duration,
+) -> Latency {
     let sides = [Side::Bff, Side::Direct, Side::Intake];
     for _ in 0..warmup {
         for side in sides {
@@ -425,7 +430,13 @@ struct Slice {
 
 /// `concurrency` workers send back to back for `dur`; no request starts after `dur`, and the
 /// slice lasts until the last one is answered (so the tail counts against its side).
-async fn slice(client: &Client, side: Side, p: &Payload, concurrency: usize, dur: Duration) -> Slice {
+async fn slice(
+    client: &Client,
+    side: Side,
+    p: &Payload,
+    concurrency: usize,
+    dur: Duration,
+) -> Slice {
     let started = Instant::now();
     let workers: Vec<_> = (0..concurrency)
         .map(|_| {
@@ -482,7 +493,12 @@ impl Throughput {
 }
 
 /// `total` per side, cut into `slices` slices that alternate BFF, direct, direct, BFF, ...
-async fn throughput(client: &Client, p: &Payload, concurrency: usize, total: Duration) -> Throughput {
+async fn throughput(
+    client: &Client,
+    p: &Payload,
+    concurrency: usize,
+    total: Duration,
+) -> Throughput {
     let slices = 4u32;
     let dur = total / slices;
     // Warm both sides at this concurrency (connections, pools, caches).
@@ -517,8 +533,18 @@ async fn speed(args: &Args, report: &mut Report) -> anyhow::Result<()> {
     let started = Instant::now();
     eprintln!("generating payloads ...");
     let payloads = [
-        (payload("~1 KB", 1000), args.n_small, 20, Duration::from_secs(20)),
-        (payload("~2 MB", 2_000_000), args.n_large, 5, Duration::from_secs(40)),
+        (
+            payload("~1 KB", 1000),
+            args.n_small,
+            20,
+            Duration::from_secs(20),
+        ),
+        (
+            payload("~2 MB", 2_000_000),
+            args.n_large,
+            5,
+            Duration::from_secs(40),
+        ),
     ];
     // Fail early and loudly if either side does not work at all.
     for (p, ..) in &payloads {
@@ -535,7 +561,10 @@ async fn speed(args: &Args, report: &mut Report) -> anyhow::Result<()> {
     for (p, n, warmup, limit) in &payloads {
         eprintln!("{}: latency, {n} rounds at concurrency 1 ...", p.label);
         let lat = latency(&client, p, *n, *warmup, *limit).await;
-        eprintln!("{}: throughput, {:?} per side at concurrency 8 ...", p.label, total);
+        eprintln!(
+            "{}: throughput, {:?} per side at concurrency 8 ...",
+            p.label, total
+        );
         let tp = throughput(&client, p, 8, total).await;
         let s = |side| lat.samples.get(&side).map(Vec::as_slice).unwrap_or(&[]);
         let (b, d, i) = (s(Side::Bff), s(Side::Direct), s(Side::Intake));
@@ -569,6 +598,15 @@ async fn speed(args: &Args, report: &mut Report) -> anyhow::Result<()> {
             ms(pct(i, 50.0)),
             ms(pct(i, 99.0)),
         ));
+        if pct(d, 50.0) > pct(b, 50.0) + Duration::from_millis(30) {
+            notes.push(format!(
+                "- {}: the direct side is slower than the BFF by {} at p50. A stall of ~40 ms \
+                 is the signature of Nagle's algorithm meeting a delayed ACK (a socket without \
+                 TCP_NODELAY); see docs/benchmarks-edge.md.",
+                p.label,
+                delta_ms(pct(d, 50.0), pct(b, 50.0))
+            ));
+        }
         let errors: BTreeMap<_, _> = lat.errors.iter().chain(tp.errors.iter()).collect();
         if !errors.is_empty() {
             notes.push(format!(
@@ -584,7 +622,8 @@ async fn speed(args: &Args, report: &mut Report) -> anyhow::Result<()> {
     }
     report.line("### Added latency and throughput (BFF vs direct gRPC, compress → JPEG Q80)");
     report.line("");
-    report.line("| payload | measure | via BFF | direct | BFF − direct or BFF / direct | target | |");
+    report
+        .line("| payload | measure | via BFF | direct | BFF − direct or BFF / direct | target | |");
     report.line("|---|---|---|---|---|---|---|");
     for r in rows {
         report.line(r);

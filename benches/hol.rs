@@ -33,7 +33,10 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[derive(Parser)]
-#[command(name = "hol", about = "Head-of-line blocking benchmark driver (see scripts/bench-hol.sh)")]
+#[command(
+    name = "hol",
+    about = "Head-of-line blocking benchmark driver (see scripts/bench-hol.sh)"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -191,6 +194,7 @@ impl Field {
 fn make_photo_jpeg(target: usize) -> anyhow::Result<Vec<u8>> {
     let (w, h) = (4000usize, 3000usize);
     let mut rng = fastrand::Rng::with_seed(0x1a9e);
+    let light = Field::new(&mut rng, 10, 8);
     let colour = [
         Field::new(&mut rng, 12, 9),
         Field::new(&mut rng, 12, 9),
@@ -208,7 +212,8 @@ fn make_photo_jpeg(target: usize) -> anyhow::Result<Vec<u8>> {
             let shade = if mask.at(u, v) > 0.55 { 0.6 } else { 1.0 };
             let px = &mut raw[(y * w + x) * 3..][..3];
             for (c, out) in px.iter_mut().enumerate() {
-                let base = 40.0 + colour[c].at(u, v) * 180.0;
+                // Shared light plus a milder per-channel tint, as in photos.
+                let base = 40.0 + light.at(u, v) * 140.0 + (colour[c].at(u, v) - 0.5) * 70.0;
                 // Sum of three uniforms: roughly Gaussian grain, sigma ~ 7.
                 let grain = (rng.f32() + rng.f32() + rng.f32() - 1.5) * 14.0;
                 *out = ((base + detail) * shade + grain).clamp(0.0, 255.0) as u8;
@@ -234,8 +239,8 @@ fn make_photo_jpeg(target: usize) -> anyhow::Result<Vec<u8>> {
         }
         let q = lo + (hi - lo) / 2;
         let data = encode(q)?;
-        let closer = (data.len() as f64 - target as f64).abs()
-            < (best.len() as f64 - target as f64).abs();
+        let closer =
+            (data.len() as f64 - target as f64).abs() < (best.len() as f64 - target as f64).abs();
         let small = data.len() < target;
         if closer {
             best = data;
@@ -328,7 +333,7 @@ struct LaneHistogram {
     method: String,
     count: f64,
     sum_s: f64,
-    /// (upper bound in seconds, cumulative count); the last bound is +Inf.
+    /// (upper bound in seconds, cumulative count), finite bounds only (+Inf holds `count`).
     buckets: Vec<(f64, f64)>,
 }
 
@@ -341,8 +346,8 @@ struct Uploads {
     /// Image bytes of those uploads, MB (10^6) per second.
     mb_per_s: f64,
     /// Upload durations (BFF request to whole answer) of those, milliseconds.
-    p50_ms: f64,
-    max_ms: f64,
+    p50_ms: Option<f64>,
+    max_ms: Option<f64>,
     errors: BTreeMap<String, usize>,
 }
 
@@ -438,7 +443,12 @@ async fn run_phases(args: &RunArgs, image: Bytes) -> anyhow::Result<RunResult> {
     tokio::time::sleep(Duration::from_secs_f64(args.warmup_secs)).await;
     let before = Snapshot::take(&http, args).await?;
     let window_start = Instant::now();
-    let (health, echo) = Probes::new(args).run(args.load_secs).await?;
+    // Tells the script's queue sampler that the loaded window is open.
+    let marker = args.out.join(format!("{}.window", args.label));
+    std::fs::write(&marker, b"")?;
+    let probed = Probes::new(args).run(args.load_secs).await;
+    let _ = std::fs::remove_file(&marker);
+    let (health, echo) = probed?;
     let window_end = Instant::now();
     let after = Snapshot::take(&http, args).await?;
     stop.store(true, Ordering::SeqCst);
@@ -466,12 +476,7 @@ async fn wait_ready(http: &reqwest::Client, args: &RunArgs) -> anyhow::Result<()
     let until = Instant::now() + Duration::from_secs(args.ready_secs);
     let mut last = String::new();
     while Instant::now() < until {
-        match http
-            .get(&url)
-            .timeout(Duration::from_secs(2))
-            .send()
-            .await
-        {
+        match http.get(&url).timeout(Duration::from_secs(2)).send().await {
             Ok(r) if r.status() == 200 => return Ok(()),
             Ok(r) => last = format!("HTTP {}", r.status()),
             Err(e) => last = e.to_string(),
@@ -509,13 +514,11 @@ async fn uploader(
             return;
         }
         let len = image.len() as u64;
-        let part = reqwest::multipart::Part::stream_with_length(
-            reqwest::Body::from(image.clone()),
-            len,
-        )
-        .file_name("photo.jpg")
-        .mime_str("image/jpeg")
-        .expect("valid mime");
+        let part =
+            reqwest::multipart::Part::stream_with_length(reqwest::Body::from(image.clone()), len)
+                .file_name("photo.jpg")
+                .mime_str("image/jpeg")
+                .expect("valid mime");
         let form = reqwest::multipart::Form::new()
             .text("quality", args.quality.to_string())
             .text("format", "jpeg")
@@ -527,7 +530,8 @@ async fn uploader(
             let body = r.bytes().await?;
             Ok::<_, reqwest::Error>((status, body.len()))
         };
-        let outcome = tokio::time::timeout(Duration::from_secs(args.upload_timeout_secs), call).await;
+        let outcome =
+            tokio::time::timeout(Duration::from_secs(args.upload_timeout_secs), call).await;
         let (ok, error) = match outcome {
             Ok(Ok((status, _))) if status.is_success() => (true, None),
             Ok(Ok((status, _))) => (false, Some(format!("HTTP {}", status.as_u16()))),
@@ -580,8 +584,8 @@ fn upload_stats(records: &[UploadRecord], start: Instant, end: Instant, size: us
         failed: in_window.len() - completed,
         per_s: completed as f64 / secs,
         mb_per_s: (completed * size) as f64 / 1e6 / secs,
-        p50_ms: percentile(&ms, 0.5).unwrap_or(f64::NAN),
-        max_ms: ms.last().copied().unwrap_or(f64::NAN),
+        p50_ms: percentile(&ms, 0.5),
+        max_ms: ms.last().copied(),
         errors,
     }
 }
@@ -657,7 +661,12 @@ impl Probes {
     }
 }
 
-async fn health_probe(http: &reqwest::Client, url: &str, deadline: Duration, t: f64) -> HealthSample {
+async fn health_probe(
+    http: &reqwest::Client,
+    url: &str,
+    deadline: Duration,
+    t: f64,
+) -> HealthSample {
     let start = Instant::now();
     let call = async {
         let r = http.get(url).send().await?;
@@ -810,9 +819,8 @@ impl Snapshot {
                 })
                 .collect::<BTreeMap<_, _>>()
         };
-        let cores = |a: Option<u64>, b: Option<u64>| {
-            Some((a? as f64 - b? as f64) / USER_HZ / elapsed)
-        };
+        let cores =
+            |a: Option<u64>, b: Option<u64>| Some((a? as f64 - b? as f64) / USER_HZ / elapsed);
         Phase {
             name: name.to_string(),
             secs,
@@ -989,6 +997,7 @@ fn lane_histograms(after: &[Sample], before: &[Sample]) -> Vec<LaneHistogram> {
         if count_a - count_b <= 0.0 {
             continue;
         }
+        buckets.retain(|(le, _)| le.is_finite());
         out.push(LaneHistogram {
             lane: key.0,
             method: key.1,
@@ -1015,7 +1024,11 @@ fn bucket_quantile(buckets: &[(f64, f64)], q: f64) -> Option<f64> {
                 return Some(prev.0);
             }
             let width = cum - prev.1;
-            let frac = if width > 0.0 { (rank - prev.1) / width } else { 1.0 };
+            let frac = if width > 0.0 {
+                (rank - prev.1) / width
+            } else {
+                1.0
+            };
             return Some(prev.0 + (le - prev.0) * frac);
         }
         prev = (le, cum);
@@ -1112,7 +1125,10 @@ fn report(dir: &Path, labels: &[String]) -> anyhow::Result<()> {
         first.load_secs
     )?;
 
-    writeln!(w, "### Realtime probe (`GET /health` → realtime lane) and the echo limit\n")?;
+    writeln!(
+        w,
+        "### Realtime probe (`GET /health` → realtime lane) and the echo limit\n"
+    )?;
     writeln!(
         w,
         "| mode | phase | /health p50 | p90 | p99 | max | misses (> {} ms or not 200) | echo RTT p50 | echo p99 | echo max | echo connect p99 |",
@@ -1125,7 +1141,9 @@ fn report(dir: &Path, labels: &[String]) -> anyhow::Result<()> {
             let e = dist(echo_rtt(p));
             let c = dist(echo_connect(p));
             let misses = p.health.iter().filter(|s| !s.ok).count();
-            let g = |d: &Option<Dist>, f: fn(&Dist) -> f64| d.as_ref().map_or("–".into(), |d| ms(f(d)));
+            let g = |d: &Option<Dist>, f: fn(&Dist) -> f64| {
+                d.as_ref().map_or("–".into(), |d| ms(f(d)))
+            };
             writeln!(
                 w,
                 "| {label} | {} | {} | {} | {} | {} | {} / {} | {} | {} | {} | {} |",
@@ -1170,7 +1188,7 @@ fn report(dir: &Path, labels: &[String]) -> anyhow::Result<()> {
             lanes,
             opt(p.link_tx_mb_s, 2),
             opt(p.link_rx_mb_s, 2),
-            ms(u.p50_ms),
+            u.p50_ms.map_or("–".into(), ms),
             if u.failed == 0 {
                 "0".to_string()
             } else {
@@ -1245,11 +1263,16 @@ fn report(dir: &Path, labels: &[String]) -> anyhow::Result<()> {
         w,
         "| mode | phase | lane | method | calls | p50 (est.) | p99 (est.) | ≤10ms | ≤25ms | ≤50ms | ≤100ms | ≤250ms | ≤500ms | ≤1s | ≤2.5s | >2.5s |"
     )?;
-    writeln!(w, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")?;
+    writeln!(
+        w,
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    )?;
     for (label, run) in &runs {
         for p in &run.phases {
             for h in &p.lane_durations {
-                let q = |q| bucket_quantile(&h.buckets, q).map_or("–".into(), |s| ms(s * 1e3));
+                let mut all = h.buckets.clone();
+                all.push((f64::INFINITY, h.count));
+                let q = |q| bucket_quantile(&all, q).map_or("–".into(), |s| ms(s * 1e3));
                 let cum_at = |le: f64| {
                     h.buckets
                         .iter()

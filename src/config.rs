@@ -196,9 +196,27 @@ pub struct LaneConfig {
     pub connection_window: Size,
     /// Threads of the lane's own Tokio runtime, which drives its HTTP/2 connections.
     pub io_threads: usize,
+    /// Circuit breaker: consecutive compute failures that open it (0 = off).
+    pub circuit_failures: u32,
+    /// …or this share of failures over the last `circuit_window` calls (0 = off).
+    pub circuit_failure_rate: f32,
+    pub circuit_window: usize,
+    /// How long an open circuit fails fast before a probe call is let through.
+    #[serde(with = "humantime_serde")]
+    pub circuit_open_for: Duration,
 }
 
 impl LaneConfig {
+    /// The breaker thresholds of this lane.
+    pub fn circuit(&self) -> crate::dispatch::circuit::CircuitSettings {
+        crate::dispatch::circuit::CircuitSettings {
+            failures: self.circuit_failures,
+            failure_rate: self.circuit_failure_rate,
+            window: self.circuit_window,
+            open_for: self.circuit_open_for,
+        }
+    }
+
     pub fn heavy_defaults() -> Self {
         LaneConfig {
             url: None,
@@ -216,6 +234,10 @@ impl LaneConfig {
             stream_window: Size::mib(2),
             connection_window: Size::mib(8),
             io_threads: 2,
+            circuit_failures: 5,
+            circuit_failure_rate: 0.5,
+            circuit_window: 20,
+            circuit_open_for: Duration::from_secs(5),
         }
     }
 
@@ -236,6 +258,10 @@ impl LaneConfig {
             stream_window: Size::kib(256),
             connection_window: Size::mib(1),
             io_threads: 1,
+            circuit_failures: 3,
+            circuit_failure_rate: 0.5,
+            circuit_window: 20,
+            circuit_open_for: Duration::from_secs(1),
         }
     }
 
@@ -306,6 +332,22 @@ impl LaneConfig {
             "io_threads",
             "must be 1..=64",
         );
+        check(
+            (0.0..=1.0).contains(&self.circuit_failure_rate),
+            "circuit_failure_rate",
+            "must be 0..=1",
+        );
+        check(
+            (1..=10_000).contains(&self.circuit_window),
+            "circuit_window",
+            "must be 1..=10000",
+        );
+        check(
+            self.circuit_open_for >= Duration::from_millis(10)
+                && self.circuit_open_for <= Duration::from_secs(600),
+            "circuit_open_for",
+            "must be 10ms..=10m",
+        );
     }
 }
 
@@ -333,7 +375,8 @@ pub struct StoreConfig {
     pub bucket: String,
     /// `s3`: endpoint URL of an S3-compatible service; empty = AWS itself.
     pub endpoint: String,
-    /// `s3`: the region (S3-compatible services usually accept any).
+    /// `s3`: the region; empty = `AWS_REGION` or else `us-east-1` (S3-compatible services
+    /// usually accept any).
     pub region: String,
     /// `s3`: credentials; empty = the standard `AWS_*` environment variables.
     pub access_key_id: String,
@@ -361,7 +404,7 @@ impl Default for StoreConfig {
             prefix: String::new(),
             bucket: String::new(),
             endpoint: String::new(),
-            region: "us-east-1".into(),
+            region: String::new(),
             access_key_id: String::new(),
             secret_access_key: String::new(),
             allow_http: false,

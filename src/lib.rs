@@ -32,5 +32,6 @@ pub mod dispatch;
 pub mod edge;
 pub mod metrics;
 pub mod proto;
+pub mod reload;
 pub mod shutdown;
 pub mod store;

@@ -85,7 +85,8 @@ fn main() -> anyhow::Result<()> {
             if let Some(a) = listen {
                 config.bff.listen = a;
             }
-            actix_web::rt::System::new().block_on(imagegate::edge::run(config))
+            let file = common.config.or_else(|| std::env::var_os("IMAGEGATE_CONFIG").map(Into::into));
+            actix_web::rt::System::new().block_on(imagegate::edge::run(config, file))
         }
         Command::Dev { common } => imagegate::dev::run(Config::load(common.config.as_deref())?),
         Command::Op(args) => imagegate::compute::ops::cli::run(args),

@@ -151,6 +151,7 @@ fn diff_lane(
         true,
         "retry_budget_ratio",
     );
+    key(old.circuit() != new.circuit(), true, "circuit_*");
     key(old.url != new.url, false, "url");
     key(old.connections != new.connections, false, "connections");
     key(

@@ -803,3 +803,101 @@ async fn metrics_expose_every_lane_family_and_http_metrics() {
         Some(1.0)
     );
 }
+
+#[tokio::test]
+async fn a_reload_under_load_changes_limits_without_failing_calls_in_flight() {
+    let log = CallLog::default();
+    let compute = start_compute(compute_config(), Some(log.hook()));
+    let dir = scratch_dir("reload");
+    let config_path = dir.join("imagegate.toml");
+    let write = |max: usize| {
+        std::fs::write(
+            &config_path,
+            format!("compute_url = \"{}\"\n[lanes.heavy]\nmax_in_flight = {max}\nqueue_wait = \"20ms\"\n", compute.url()),
+        )
+        .unwrap()
+    };
+    write(4);
+    let mut config = imagegate::config::Config::load(Some(&config_path)).unwrap();
+    config.bff.workers = 2;
+    config.store.dir = scratch_dir("store").to_string_lossy().into_owned();
+    let bff = start_bff_with_file(config, Some(config_path.clone()));
+    log.hold("Compress");
+
+    // Three calls in flight under the old limit of 4.
+    let mut in_flight = Vec::new();
+    for _ in 0..3 {
+        let url = bff.url("/v1/images/compress");
+        in_flight.push(tokio::spawn(async move { post(url, Form::new().part("file", file(jpeg(32, 32)))).await.status() }));
+    }
+    assert!(
+        eventually(Duration::from_secs(20), async || {
+            metric(&metrics(&bff).await, "imagegate_lane_in_flight{lane=\"heavy\"}") == Some(3.0)
+        })
+        .await
+    );
+
+    // Lower the limit to 1 while they run.
+    write(1);
+    let r = reqwest::Client::new().post(bff.url("/admin/reload")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let outcome: Value = r.json().await.unwrap();
+    assert!(outcome["applied"].to_string().contains("lanes.heavy.max_in_flight"), "{outcome}");
+    let text = metrics(&bff).await;
+    assert_eq!(metric(&text, "imagegate_lane_limit{lane=\"heavy\"}"), Some(1.0));
+    assert_eq!(metric(&text, "imagegate_config_reloads_total{result=\"ok\"}"), Some(1.0));
+
+    // New requests see the new limit at once.
+    let r = post(bff.url("/v1/images/compress"), Form::new().part("file", file(jpeg(32, 32)))).await;
+    problem(r, StatusCode::SERVICE_UNAVAILABLE).await;
+
+    // An invalid config is refused and the old one stays.
+    std::fs::write(&config_path, "[lanes.heavy]\nmax_in_flight = 0\n").unwrap();
+    let r = reqwest::Client::new().post(bff.url("/admin/reload")).send().await.unwrap();
+    let b = problem(r, StatusCode::UNPROCESSABLE_ENTITY).await;
+    assert!(b["detail"].as_str().unwrap().contains("lanes.heavy.max_in_flight"), "{b}");
+    let text = metrics(&bff).await;
+    assert_eq!(metric(&text, "imagegate_lane_limit{lane=\"heavy\"}"), Some(1.0));
+    assert_eq!(metric(&text, "imagegate_config_reloads_total{result=\"error\"}"), Some(1.0));
+
+    // The calls admitted under the old limit all finish well.
+    log.release("Compress");
+    for call in in_flight {
+        assert_eq!(call.await.unwrap(), 200);
+    }
+    assert_eq!(metric(&metrics(&bff).await, "imagegate_lane_in_flight{lane=\"heavy\"}"), Some(0.0));
+    // …and then the new limit admits one at a time.
+    let r = post(bff.url("/v1/images/compress"), Form::new().part("file", file(jpeg(32, 32)))).await;
+    assert_eq!(r.status(), 200);
+}
+
+#[tokio::test]
+async fn an_open_circuit_fails_fast_then_recovers() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut config = bff_config(&format!("http://{addr}"));
+    config.lanes.heavy.retries = 0;
+    config.lanes.heavy.circuit_failures = 2;
+    config.lanes.heavy.circuit_open_for = Duration::from_millis(300);
+    let bff = start_bff(config);
+    for _ in 0..2 {
+        let r = post(bff.url("/v1/images/compress"), Form::new().part("file", file(jpeg(16, 16)))).await;
+        assert_eq!(r.status(), 503);
+    }
+    let r = post(bff.url("/v1/images/compress"), Form::new().part("file", file(jpeg(16, 16)))).await;
+    assert!(r.headers().contains_key("retry-after"));
+    let b = problem(r, StatusCode::SERVICE_UNAVAILABLE).await;
+    assert_eq!(b["type"], "urn:imagegate:problem:circuit-open", "{b}");
+    let text = metrics(&bff).await;
+    assert_eq!(metric(&text, "imagegate_lane_rejected_total{lane=\"heavy\",reason=\"circuit_open\"}"), Some(1.0));
+
+    let _compute = start_compute_at(addr, compute_config(), None);
+    assert!(
+        eventually(Duration::from_secs(30), async || {
+            post(bff.url("/v1/images/compress"), Form::new().part("file", file(jpeg(16, 16)))).await.status() == 200
+        })
+        .await,
+        "the circuit never closed after compute came back"
+    );
+    assert_eq!(metric(&metrics(&bff).await, "imagegate_lane_in_flight{lane=\"heavy\"}"), Some(0.0));
+}

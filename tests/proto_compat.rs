@@ -10,7 +10,10 @@ use prost::Message;
 use prost_types::field_descriptor_proto::{Label, Type};
 use prost_types::FileDescriptorSet;
 
-const SNAPSHOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/proto/compute/compute.snapshot.txt");
+const SNAPSHOT: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/proto/compute/compute.snapshot.txt"
+);
 
 fn render(fds: &FileDescriptorSet) -> BTreeSet<String> {
     let mut lines = BTreeSet::new();
@@ -18,7 +21,12 @@ fn render(fds: &FileDescriptorSet) -> BTreeSet<String> {
         let package = file.package();
         for e in &file.enum_type {
             for v in &e.value {
-                lines.insert(format!("enum {package}.{} {} = {}", e.name(), v.name(), v.number()));
+                lines.insert(format!(
+                    "enum {package}.{} {} = {}",
+                    e.name(),
+                    v.name(),
+                    v.number()
+                ));
             }
         }
         for m in &file.message_type {
@@ -27,7 +35,11 @@ fn render(fds: &FileDescriptorSet) -> BTreeSet<String> {
                     Type::Message | Type::Enum => f.type_name().to_string(),
                     t => t.as_str_name().trim_start_matches("TYPE_").to_lowercase(),
                 };
-                let label = if f.label() == Label::Repeated { "repeated" } else { "single" };
+                let label = if f.label() == Label::Repeated {
+                    "repeated"
+                } else {
+                    "single"
+                };
                 let oneof = f
                     .oneof_index
                     .map(|i| format!(" oneof {}", m.oneof_decl[i as usize].name()))

@@ -15,6 +15,7 @@ use tonic::transport::Channel;
 use tonic::{Code, Status};
 use tower::retry::budget::{Budget, TpsBudget};
 
+use super::circuit::{Circuit, Ticket};
 use super::limiter::{Limiter, Permit};
 use super::metrics::{code_name, rejected, LaneMetrics};
 use super::pool::ChannelPool;
@@ -26,6 +27,7 @@ pub struct Lane {
     name: String,
     config: ArcSwap<LaneConfig>,
     limiter: Arc<Limiter>,
+    circuit: Arc<Circuit>,
     pool: Arc<ChannelPool>,
     budget: ArcSwap<TpsBudget>,
     metrics: LaneMetrics,
@@ -60,6 +62,7 @@ impl Lane {
         Lane {
             name: name.to_string(),
             budget: ArcSwap::from_pointee(budget_for(&config)),
+            circuit: Arc::new(Circuit::new(config.circuit())),
             config: ArcSwap::from_pointee(config),
             limiter,
             pool,
@@ -89,11 +92,28 @@ impl Lane {
     /// (connections, keepalive, windows, message size) take effect for new lanes only.
     pub fn set_limits(&self, config: LaneConfig) {
         self.limiter.set_limit(config.max_in_flight);
+        self.circuit.set_settings(config.circuit());
         self.metrics.limit.set(config.max_in_flight as i64);
         if config.retry_budget_ratio != self.config.load().retry_budget_ratio {
             self.budget.store(Arc::new(budget_for(&config)));
         }
         self.config.store(Arc::new(config));
+    }
+
+    /// Fails fast while the lane's circuit is open.
+    fn check_circuit(&self) -> Result<Ticket, DispatchError> {
+        self.circuit.allow().map_err(|open| {
+            self.metrics.rejected(rejected::CIRCUIT_OPEN).inc();
+            DispatchError::CircuitOpen {
+                lane: self.name.clone(),
+                retry_after: open.retry_after.max(Duration::from_secs(1)),
+            }
+        })
+    }
+
+    /// True when the lane's circuit is open (calls fail fast).
+    pub fn circuit_open(&self) -> bool {
+        self.circuit.is_open()
     }
 
     /// Waits up to the lane's queue wait for a permit, or sheds the call.
@@ -131,16 +151,16 @@ impl Lane {
         Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
     {
         let config = self.config.load_full();
+        let ticket = self.check_circuit()?;
         let _in_flight = self.admit(&config).await?;
         let started = Instant::now();
         let deadline = started + config.deadline;
         let result = self.with_retries(&config, deadline, request, &call).await;
         let code = match &result {
             Ok(_) => Code::Ok,
-            Err(DispatchError::Deadline { .. }) => Code::DeadlineExceeded,
-            Err(DispatchError::Status(s)) => s.code(),
-            Err(_) => Code::Unavailable,
+            Err(e) => error_code(e),
         };
+        ticket.record(compute_failed(code));
         self.metrics
             .request(method, code_name(code), started.elapsed().as_secs_f64());
         result.map(tonic::Response::into_inner)
@@ -160,6 +180,7 @@ impl Lane {
         Fut: Future<Output = Result<tonic::Response<tonic::Streaming<Item>>, Status>>,
     {
         let config = self.config.load_full();
+        let ticket = self.check_circuit()?;
         let in_flight = self.admit(&config).await?;
         let started = Instant::now();
         let deadline = started + config.deadline;
@@ -175,14 +196,12 @@ impl Lane {
                     method,
                     started,
                     in_flight,
+                    ticket,
                 }),
             }),
             Err(e) => {
-                let code = match &e {
-                    DispatchError::Deadline { .. } => Code::DeadlineExceeded,
-                    DispatchError::Status(s) => s.code(),
-                    _ => Code::Unavailable,
-                };
+                let code = error_code(&e);
+                ticket.record(compute_failed(code));
                 self.metrics
                     .request(method, code_name(code), started.elapsed().as_secs_f64());
                 Err(e)
@@ -286,6 +305,24 @@ struct StreamRecord {
     method: &'static str,
     started: Instant,
     in_flight: InFlight,
+    ticket: Ticket,
+}
+
+fn error_code(e: &DispatchError) -> Code {
+    match e {
+        DispatchError::Deadline { .. } => Code::DeadlineExceeded,
+        DispatchError::Status(s) => s.code(),
+        DispatchError::Saturated { .. } | DispatchError::CircuitOpen { .. } => Code::Unavailable,
+    }
+}
+
+/// Outcomes that count against the circuit: compute unreachable, slow or broken. Client
+/// errors (bad input, too large) and a client going away (CANCELLED) do not.
+fn compute_failed(code: Code) -> bool {
+    matches!(
+        code,
+        Code::Unavailable | Code::DeadlineExceeded | Code::Internal | Code::Unknown | Code::DataLoss
+    )
 }
 
 /// A server stream that holds its lane permit and enforces the lane deadline to its end.
@@ -307,6 +344,11 @@ impl<T> LaneStream<T> {
             }
             r.metrics
                 .request(r.method, code_name(code), r.started.elapsed().as_secs_f64());
+            if code == Code::Cancelled {
+                drop(r.ticket); // the client went away: no verdict on compute
+            } else {
+                r.ticket.record(compute_failed(code));
+            }
             drop(r.in_flight);
         }
     }

@@ -3,6 +3,7 @@
 //!
 //! - [`lane`]: one bulkhead lane (admission, deadline, retries, metrics);
 //! - [`limiter`]: the lane's resizable permit counter;
+//! - [`circuit`]: the lane's circuit breaker;
 //! - [`pool`]: the lane's channels to one compute endpoint (deadpool-managed);
 //! - [`connector`]: the metered TCP connector every connection goes through;
 //! - [`metrics`]: the `imagegate_lane_*` families.
@@ -12,6 +13,7 @@
 //! connection; they keep their own admission limits, so a comparison measures the connection,
 //! not a semaphore. Metrics then say `lane="shared"`.
 
+pub mod circuit;
 pub mod connector;
 pub mod lane;
 pub mod limiter;
@@ -38,6 +40,11 @@ use pool::ChannelPool;
 pub enum DispatchError {
     #[error("the {lane} lane is saturated: no permit within its queue wait")]
     Saturated { lane: String, retry_after: Duration },
+    #[error("the {lane} lane's circuit is open after repeated compute failures")]
+    CircuitOpen {
+        lane: String,
+        retry_after: Duration,
+    },
     #[error("the {lane} lane's deadline of {deadline:?} passed")]
     Deadline { lane: String, deadline: Duration },
     #[error("compute answered {}: {}", .0.code(), .0.message())]

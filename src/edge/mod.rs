@@ -35,6 +35,8 @@ pub struct AppState {
     pub registry: Registry,
     /// Where uploads and batch results are stored.
     pub store: Arc<Store>,
+    /// Applies new lane limits at run time (SIGHUP, `POST /admin/reload`).
+    pub reloader: Arc<crate::reload::Reloader>,
 }
 
 /// The edge's own HTTP metrics.
@@ -82,15 +84,31 @@ pub struct Bff {
 impl Bff {
     /// Builds the dispatcher (connections are made lazily, so compute may be down).
     pub async fn new(config: Config) -> anyhow::Result<Self> {
+        Self::with_config_file(config, None).await
+    }
+
+    /// Like [`Bff::new`]; a reload re-reads `config_file` (and the environment).
+    pub async fn with_config_file(
+        config: Config,
+        config_file: Option<std::path::PathBuf>,
+    ) -> anyhow::Result<Self> {
         let registry = crate::metrics::new_registry();
         let dispatcher = Arc::new(Dispatcher::new(&config, &registry).await?);
         let store = Arc::new(Store::open(&config.store, &registry)?);
+        let config = Arc::new(config);
+        let reloader = Arc::new(crate::reload::Reloader::new(
+            config_file,
+            config.clone(),
+            dispatcher.clone(),
+            &registry,
+        ));
         Ok(Bff {
             state: Arc::new(AppState {
-                config: Arc::new(config),
+                config,
                 dispatcher,
                 registry,
                 store,
+                reloader,
             }),
         })
     }
@@ -162,11 +180,12 @@ impl Bff {
 }
 
 /// Binds the configured address and serves until a signal (the `imagegate bff` command).
-pub async fn run(config: Config) -> anyhow::Result<()> {
+/// Reloads on SIGHUP while serving.
+pub async fn run(config: Config, config_file: Option<std::path::PathBuf>) -> anyhow::Result<()> {
     let listener = std::net::TcpListener::bind(config.bff.listen)
         .map_err(|e| anyhow::anyhow!("cannot listen on {} (bff.listen): {e}", config.bff.listen))?;
-    Bff::new(config)
-        .await?
-        .serve(listener, crate::shutdown::signal())
-        .await
+    let bff = Bff::with_config_file(config, config_file).await?;
+    #[cfg(unix)]
+    actix_web::rt::spawn(crate::reload::reload_on_sighup(bff.state.reloader.clone()));
+    bff.serve(listener, crate::shutdown::signal()).await
 }

@@ -122,6 +122,11 @@ impl From<DispatchError> for Problem {
                 format!("the {lane} lane is at its concurrency limit; retry later"),
                 retry_after,
             ),
+            DispatchError::CircuitOpen { lane, retry_after } => Problem::unavailable(
+                "circuit-open",
+                format!("the {lane} lane's circuit is open after repeated compute failures; retry later"),
+                retry_after,
+            ),
             DispatchError::Deadline { lane, deadline } => Problem::new(
                 StatusCode::GATEWAY_TIMEOUT,
                 "deadline-exceeded",

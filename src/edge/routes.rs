@@ -29,6 +29,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(get("/health/live", live))
         .service(get("/health/ready", ready))
         .service(get("/metrics", metrics))
+        .service(post("/admin/reload", reload))
         .configure(super::uploads::configure);
 }
 
@@ -237,6 +238,7 @@ async fn batch(
         .await?;
     let run = BatchRun {
         dispatcher: state.dispatcher.clone(),
+        store: state.store.clone(),
         operation,
         groups,
         current: Some((offset, first_len, 0, stream)),
@@ -252,6 +254,8 @@ async fn batch(
 /// lane permit): when the client goes away the response body is dropped, and both with it.
 struct BatchRun {
     dispatcher: Arc<Dispatcher>,
+    /// Each successful image is stored, and its event carries the stored image's `url`.
+    store: Arc<crate::store::Store>,
     operation: Operation,
     groups: VecDeque<(usize, Vec<Bytes>)>,
     /// (offset of the group, images in it, chunks seen, stream)
@@ -292,7 +296,12 @@ impl BatchRun {
                     Some(Ok(chunk)) => {
                         *seen += 1;
                         let index = *offset + chunk.index.max(0) as usize;
-                        return Some(if chunk.success {
+                        let stored = if chunk.success {
+                            Some(self.store.put(chunk.image_data).await)
+                        } else {
+                            None
+                        };
+                        return Some(if let Some(Ok(stored)) = stored {
                             self.succeeded += 1;
                             json_event(
                                 "progress",
@@ -302,7 +311,16 @@ impl BatchRun {
                                     "original_size": chunk.original_size,
                                     "output_size": chunk.output_size,
                                     "elapsed_ms": chunk.elapsed_ms,
+                                    "url": super::uploads::url_of(&stored.id),
                                 }),
+                            )
+                        } else if let Some(Err(e)) = stored {
+                            // Processed but not kept: this image fails, the batch goes on.
+                            self.failed += 1;
+                            let problem = Problem::from(e);
+                            json_event(
+                                "progress",
+                                json!({"index": index, "success": false, "error": problem.detail}),
                             )
                         } else {
                             self.failed += 1;
@@ -380,6 +398,27 @@ async fn ready(state: web::Data<AppState>) -> HttpResponse {
 
 async fn live() -> HttpResponse {
     HttpResponse::Ok().json(json!({"status": "ok"}))
+}
+
+/// `POST /admin/reload`: re-reads the config and applies new lane limits. Only from loopback
+/// (an operator on the host or `kubectl exec`/`port-forward`), never from the public side.
+async fn reload(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, Problem> {
+    let from_loopback = req.peer_addr().is_some_and(|a| a.ip().is_loopback());
+    if !from_loopback {
+        return Err(Problem::new(
+            actix_web::http::StatusCode::FORBIDDEN,
+            "forbidden",
+            "admin endpoints answer only on loopback",
+        ));
+    }
+    match state.reloader.reload() {
+        Ok(outcome) => Ok(HttpResponse::Ok().json(outcome)),
+        Err(message) => Err(Problem::new(
+            actix_web::http::StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid-configuration",
+            format!("the new configuration was refused, the old one stays in force: {message}"),
+        )),
+    }
 }
 
 async fn metrics(state: web::Data<AppState>) -> HttpResponse {

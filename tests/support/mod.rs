@@ -130,21 +130,41 @@ impl Drop for Bff {
 
 /// Test defaults for the BFF, pointed at `compute_url`.
 pub fn bff_config(compute_url: &str) -> Config {
-    let mut c = Config::default();
-    c.compute_url = compute_url.to_string();
+    let mut c = Config {
+        compute_url: compute_url.to_string(),
+        ..Config::default()
+    };
     c.bff.workers = 2;
     c.bff.shutdown_timeout = Duration::from_secs(2);
+    // Each BFF stores into its own temporary directory, never into the repository.
+    c.store.dir = scratch_dir("store").to_string_lossy().into_owned();
     c
 }
 
+/// A fresh directory under the system temp dir, unique in this process.
+pub fn scratch_dir(what: &str) -> std::path::PathBuf {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("imagegate-test-{}-{what}-{n}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
 pub fn start_bff(config: Config) -> Bff {
+    start_bff_with_file(config, None)
+}
+
+/// Starts a BFF whose reloads re-read `config_file`.
+pub fn start_bff_with_file(config: Config, config_file: Option<std::path::PathBuf>) -> Bff {
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let thread = std::thread::spawn(move || {
         actix_web::rt::System::new().block_on(async move {
             let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             ready_tx.send(listener.local_addr().unwrap()).unwrap();
-            let bff = imagegate::edge::Bff::new(config).await.unwrap();
+            let bff = imagegate::edge::Bff::with_config_file(config, config_file)
+                .await
+                .unwrap();
             bff.serve(listener, async {
                 let _ = stop_rx.await;
             })
@@ -307,4 +327,61 @@ pub async fn eventually(limit: Duration, mut check: impl AsyncFnMut() -> bool) -
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// A fresh directory under the system temp dir, removed (with its contents) on drop.
+pub struct TempDir(pub std::path::PathBuf);
+
+impl TempDir {
+    pub fn new(label: &str) -> Self {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        let path = std::env::temp_dir().join(format!(
+            "imagegate-{label}-{}-{n}-{nanos}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&path).unwrap();
+        TempDir(path)
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0).or_else(|_| std::fs::remove_file(&self.0));
+    }
+}
+
+/// Sends `GET {path}` exactly as written (no client-side normalisation of `..` or escapes,
+/// which an HTTP client library would do) and returns (status, lower-cased headers, body).
+pub async fn raw_get(addr: SocketAddr, path: &str) -> (u16, HashMap<String, String>, Vec<u8>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.unwrap();
+    let split = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a complete response head");
+    let head = String::from_utf8_lossy(&response[..split]).to_string();
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .expect("a status line");
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    (status, headers, response[split + 4..].to_vec())
 }

@@ -35,7 +35,8 @@ pub(crate) fn decode(
     limits: &Limits,
     resize_to: Option<&ResizeSpec>,
 ) -> Result<Decoded, OpError> {
-    let format = sniff(data).ok_or_else(|| OpError::UnsupportedFormat(unsupported_message(data)))?;
+    let format =
+        sniff(data).ok_or_else(|| OpError::UnsupportedFormat(unsupported_message(data)))?;
     match format {
         Format::Jpeg => decode_jpeg(data, limits, resize_to),
         Format::Png | Format::WebP | Format::Gif => {
@@ -295,7 +296,9 @@ fn png_header_size(data: &[u8]) -> Result<(u32, u32), OpError> {
 /// The GIF logical screen size, which the first frame is composed on.
 fn gif_header_size(data: &[u8]) -> Result<(u32, u32), OpError> {
     if data.len() < 10 {
-        return Err(OpError::Undecodable("the GIF header is truncated".to_string()));
+        return Err(OpError::Undecodable(
+            "the GIF header is truncated".to_string(),
+        ));
     }
     let le = |i: usize| u32::from(u16::from_le_bytes([data[i], data[i + 1]]));
     Ok((le(6), le(8)))
@@ -307,10 +310,7 @@ fn image_error(format: Format, e: ImageError) -> OpError {
             "the {} needs more memory to decode than the pixel limit allows: {l}",
             format.name()
         )),
-        other => OpError::Undecodable(format!(
-            "the {} does not decode: {other}",
-            format.name()
-        )),
+        other => OpError::Undecodable(format!("the {} does not decode: {other}", format.name())),
     }
 }
 
@@ -348,9 +348,7 @@ fn decode_with_image(
     let mut decoder = reader.into_decoder().map_err(|e| image_error(format, e))?;
     let (width, height) = decoder.dimensions();
     check_decoded_size(format, width, height, limits)?;
-    let orientation = decoder
-        .orientation()
-        .unwrap_or(Orientation::NoTransforms);
+    let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
     let (full_width, full_height) = upright_size(width, height, orientation);
     if let Some(spec) = resize_to {
         // Fail a resize bomb before spending time on decoding.
@@ -387,7 +385,7 @@ mod tests {
         assert_eq!(jpeg_scale_numerator((6000, 4000), (1200, 800)), 4); // 5× → 1/2
         assert_eq!(jpeg_scale_numerator((6000, 4000), (2000, 1333)), 8); // 3× → none
         assert_eq!(jpeg_scale_numerator((100, 100), (400, 400)), 8); // upscale → none
-        // Exact resizes: the less-shrunk axis decides.
+                                                                     // Exact resizes: the less-shrunk axis decides.
         assert_eq!(jpeg_scale_numerator((6000, 4000), (100, 2000)), 8);
     }
 

@@ -84,7 +84,10 @@ pub enum Position {
 #[derive(Debug, Clone)]
 pub enum Mark<'a> {
     /// Text; `font_size: None` scales it to the image.
-    Text { text: &'a str, font_size: Option<u32> },
+    Text {
+        text: &'a str,
+        font_size: Option<u32>,
+    },
     /// A PNG/WebP logo composited with its alpha.
     Overlay(&'a [u8]),
 }
@@ -242,7 +245,13 @@ mod tests {
     /// A result for a failure message, without the encoded bytes.
     fn brief(r: &Result<Encoded, OpError>) -> String {
         match r {
-            Ok(e) => format!("Ok({} {}x{}, {} bytes)", e.format.name(), e.width, e.height, e.data.len()),
+            Ok(e) => format!(
+                "Ok({} {}x{}, {} bytes)",
+                e.format.name(),
+                e.width,
+                e.height,
+                e.data.len()
+            ),
             Err(e) => format!("{e:?}"),
         }
     }
@@ -362,10 +371,7 @@ mod tests {
         let l = limits();
         // Shrink 24× → libjpeg 1/8 (300×200) leaves ≥2× for Lanczos.
         let decoded = decode::decode(&jpeg, &l, Some(&fit(100, 100))).unwrap();
-        assert_eq!(
-            (decoded.image.width(), decoded.image.height()),
-            (300, 200)
-        );
+        assert_eq!((decoded.image.width(), decoded.image.height()), (300, 200));
         assert_eq!((decoded.full_width, decoded.full_height), (2400, 1600));
         let decoded = decode::decode(&jpeg, &l, Some(&fit(500, 0))).unwrap();
         assert_eq!(decoded.image.width(), 1200, "shrink 4.8 → 1/2");
@@ -386,12 +392,22 @@ mod tests {
         let l = limits();
         let sizes: Vec<usize> = [30, 60, 90]
             .iter()
-            .map(|&q| compress(&png, q, OutputFormat::WebP, &l).unwrap().data.len())
+            .map(|&q| {
+                compress(&png, q, OutputFormat::WebP, &l)
+                    .unwrap()
+                    .data
+                    .len()
+            })
             .collect();
         assert!(sizes[0] < sizes[1] && sizes[1] < sizes[2], "{sizes:?}");
         let jpeg_sizes: Vec<usize> = [30, 60, 90]
             .iter()
-            .map(|&q| compress(&png, q, OutputFormat::Jpeg, &l).unwrap().data.len())
+            .map(|&q| {
+                compress(&png, q, OutputFormat::Jpeg, &l)
+                    .unwrap()
+                    .data
+                    .len()
+            })
             .collect();
         assert!(
             jpeg_sizes[0] < jpeg_sizes[1] && jpeg_sizes[1] < jpeg_sizes[2],
@@ -442,8 +458,14 @@ mod tests {
         ];
         for text in texts {
             for position in [Position::BottomRight, Position::TopLeft, Position::Center] {
-                let out = watermark(&jpeg, &text_mark(text, position), OutputFormat::Keep, 80, &l)
-                    .unwrap();
+                let out = watermark(
+                    &jpeg,
+                    &text_mark(text, position),
+                    OutputFormat::Keep,
+                    80,
+                    &l,
+                )
+                .unwrap();
                 assert_eq!(dims(&out), (300, 200));
             }
         }
@@ -609,7 +631,13 @@ mod tests {
     fn bad_resize_boxes() {
         let src = jpeg_of(photo_like(40, 30, 12), 80);
         let l = limits();
-        for spec in [fit(0, 0), exact(0, 0), fit(16385, 10), fit(10, 20000), exact(0, 10)] {
+        for spec in [
+            fit(0, 0),
+            exact(0, 0),
+            fit(16385, 10),
+            fit(10, 20000),
+            exact(0, 10),
+        ] {
             assert!(
                 matches!(
                     resize(&src, spec, OutputFormat::Keep, 80, &l),
@@ -664,7 +692,11 @@ mod tests {
         };
         compress(&progressive, 80, OutputFormat::Keep, &l).unwrap();
         let png = png_of(DynamicImage::ImageRgb8(photo_like(256, 192, 15)));
-        let webp = encode_as(DynamicImage::ImageRgb8(photo_like(256, 192, 16)), Format::WebP, 80);
+        let webp = encode_as(
+            DynamicImage::ImageRgb8(photo_like(256, 192, 16)),
+            Format::WebP,
+            80,
+        );
         let cases = [
             ("jpeg", &jpeg, true),
             ("progressive", &progressive, true),
@@ -701,8 +733,9 @@ mod tests {
     #[test]
     fn sixteen_bit_png_decodes() {
         let l = limits();
-        let rgb16: ImageBuffer<Rgb<u16>, Vec<u16>> =
-            ImageBuffer::from_fn(64, 32, |x, y| Rgb([x as u16 * 1000, y as u16 * 2000, 40000]));
+        let rgb16: ImageBuffer<Rgb<u16>, Vec<u16>> = ImageBuffer::from_fn(64, 32, |x, y| {
+            Rgb([x as u16 * 1000, y as u16 * 2000, 40000])
+        });
         let mut png = Vec::new();
         DynamicImage::ImageRgb16(rgb16)
             .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
@@ -715,8 +748,9 @@ mod tests {
             assert!((f32::from(*got) - want).abs() <= 1.0, "{p:?} vs {want}");
         }
 
-        let rgba16: ImageBuffer<Rgba<u16>, Vec<u16>> =
-            ImageBuffer::from_fn(16, 16, |x, _| Rgba([65535, 0, 0, if x < 8 { 0 } else { 65535 }]));
+        let rgba16: ImageBuffer<Rgba<u16>, Vec<u16>> = ImageBuffer::from_fn(16, 16, |x, _| {
+            Rgba([65535, 0, 0, if x < 8 { 0 } else { 65535 }])
+        });
         let mut png = Vec::new();
         DynamicImage::ImageRgba16(rgba16)
             .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
@@ -827,10 +861,14 @@ mod tests {
     #[test]
     fn grayscale_jpeg_and_alpha_png_round_trip() {
         let l = limits();
-        let gray = DynamicImage::ImageLuma8(DynamicImage::ImageRgb8(photo_like(50, 40, 18)).to_luma8());
+        let gray =
+            DynamicImage::ImageLuma8(DynamicImage::ImageRgb8(photo_like(50, 40, 18)).to_luma8());
         let mut jpeg = Vec::new();
-        gray.write_to(&mut std::io::Cursor::new(&mut jpeg), image::ImageFormat::Jpeg)
-            .unwrap();
+        gray.write_to(
+            &mut std::io::Cursor::new(&mut jpeg),
+            image::ImageFormat::Jpeg,
+        )
+        .unwrap();
         let out = compress(&jpeg, 80, OutputFormat::Keep, &l).unwrap();
         assert_eq!(dims(&out), (50, 40));
         let rgba = RgbaImage::from_fn(30, 20, |x, _| Rgba([0, 200, 0, (x * 8) as u8]));
@@ -845,7 +883,11 @@ mod tests {
         let l = limits();
         let jpeg = jpeg_of(photo_like(96, 64, 19), 80);
         let png = png_of(DynamicImage::ImageRgb8(photo_like(96, 64, 20)));
-        let webp = encode_as(DynamicImage::ImageRgb8(photo_like(96, 64, 21)), Format::WebP, 80);
+        let webp = encode_as(
+            DynamicImage::ImageRgb8(photo_like(96, 64, 21)),
+            Format::WebP,
+            80,
+        );
         let gif = {
             let mut gif = Vec::new();
             DynamicImage::ImageRgb8(photo_like(32, 32, 22))

@@ -111,11 +111,26 @@ mod tests {
 
     #[test]
     fn fit_touches_the_box_on_the_limiting_side() {
-        assert_eq!(target_size(&fit(200, 200), 6000, 4000, &L).unwrap(), (200, 133));
-        assert_eq!(target_size(&fit(200, 200), 4000, 6000, &L).unwrap(), (133, 200));
-        assert_eq!(target_size(&fit(300, 100), 6000, 4000, &L).unwrap(), (150, 100));
-        assert_eq!(target_size(&fit(0, 100), 6000, 4000, &L).unwrap(), (150, 100));
-        assert_eq!(target_size(&fit(100, 0), 6000, 4000, &L).unwrap(), (100, 67));
+        assert_eq!(
+            target_size(&fit(200, 200), 6000, 4000, &L).unwrap(),
+            (200, 133)
+        );
+        assert_eq!(
+            target_size(&fit(200, 200), 4000, 6000, &L).unwrap(),
+            (133, 200)
+        );
+        assert_eq!(
+            target_size(&fit(300, 100), 6000, 4000, &L).unwrap(),
+            (150, 100)
+        );
+        assert_eq!(
+            target_size(&fit(0, 100), 6000, 4000, &L).unwrap(),
+            (150, 100)
+        );
+        assert_eq!(
+            target_size(&fit(100, 0), 6000, 4000, &L).unwrap(),
+            (100, 67)
+        );
         assert_eq!(target_size(&fit(10, 10), 100_000, 1, &L).unwrap(), (10, 1));
         assert_eq!(target_size(&fit(640, 480), 64, 48, &L).unwrap(), (640, 480));
     }
@@ -142,7 +157,9 @@ mod tests {
                 image::Rgba([0, 0, 0, 0])
             }
         });
-        let out = resize_to(DynamicImage::ImageRgba8(img), 16, 2).unwrap().into_rgba8();
+        let out = resize_to(DynamicImage::ImageRgba8(img), 16, 2)
+            .unwrap()
+            .into_rgba8();
         for x in 0..16 {
             let p = out.get_pixel(x, 0).0;
             if p[3] > 16 {

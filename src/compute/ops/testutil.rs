@@ -127,14 +127,7 @@ pub fn load(data: &[u8]) -> DynamicImage {
 }
 
 /// Mean absolute difference per channel between two same-sized regions.
-pub fn region_diff(
-    a: &RgbImage,
-    b: &RgbImage,
-    x0: u32,
-    y0: u32,
-    x1: u32,
-    y1: u32,
-) -> f64 {
+pub fn region_diff(a: &RgbImage, b: &RgbImage, x0: u32, y0: u32, x1: u32, y1: u32) -> f64 {
     let mut sum = 0u64;
     let mut n = 0u64;
     for y in y0..y1 {

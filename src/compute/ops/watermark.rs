@@ -28,9 +28,7 @@ pub(crate) fn validate(spec: &WatermarkSpec<'_>) -> Result<(), OpError> {
     match spec.mark {
         Mark::Text { text, font_size } => {
             if text.trim().is_empty() {
-                return Err(OpError::BadParameter(
-                    "watermark text is empty".to_string(),
-                ));
+                return Err(OpError::BadParameter("watermark text is empty".to_string()));
             }
             let chars = text.chars().count();
             if chars > MAX_TEXT_CHARS {
@@ -56,9 +54,7 @@ pub(crate) fn validate(spec: &WatermarkSpec<'_>) -> Result<(), OpError> {
                 )))
             }
             None if bytes.is_empty() => {
-                return Err(OpError::BadParameter(
-                    "overlay_image is empty".to_string(),
-                ))
+                return Err(OpError::BadParameter("overlay_image is empty".to_string()))
             }
             None => {
                 return Err(OpError::UnsupportedFormat(
@@ -378,7 +374,10 @@ mod tests {
     #[test]
     fn placement_with_margin() {
         assert_eq!(place(Position::TopLeft, 400, 300, 50, 20, 7), (7, 7));
-        assert_eq!(place(Position::BottomRight, 400, 300, 50, 20, 7), (343, 273));
+        assert_eq!(
+            place(Position::BottomRight, 400, 300, 50, 20, 7),
+            (343, 273)
+        );
         assert_eq!(place(Position::Center, 400, 300, 50, 20, 7), (175, 140));
         // Larger than the image: starts off-image, gets clipped.
         assert_eq!(place(Position::TopRight, 100, 100, 500, 20, 2), (-402, 2));

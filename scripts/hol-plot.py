@@ -1,0 +1,129 @@
+#!/usr/bin/env python3
+"""Plots of the head-of-line benchmark (scripts/bench-hol.sh).
+
+    hol-plot.py RESULTS_DIR OUT.png [LABEL ...]
+
+RESULTS_DIR holds one LABEL.json per mode (written by `hol run`). OUT.png gets the probe
+latency distributions side by side (strip + box per mode and phase, with the echo limit), and
+beside it (OUT with "latency" replaced by "timeline", or "-timeline" added) gets the loaded window's probes over time.
+"""
+import json
+import os
+import sys
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def pct(values, q):
+    v = sorted(values)
+    if not v:
+        return float("nan")
+    i = max(1, min(len(v), int(-(-q * len(v) // 1))))
+    return v[i - 1]
+
+
+def main():
+    if len(sys.argv) < 3:
+        sys.exit(__doc__)
+    rdir, out = sys.argv[1], sys.argv[2]
+    labels = sys.argv[3:] or ["shared", "bulkhead"]
+    runs = {}
+    for label in labels:
+        with open(os.path.join(rdir, label + ".json")) as f:
+            runs[label] = json.load(f)
+    deadline = next(iter(runs.values()))["args"]["deadline_ms"]
+
+    groups = []  # (name, values ms, misses, colour)
+    colours = {"shared": "#d62728", "bulkhead": "#1f77b4"}
+    for label, run in runs.items():
+        for phase in run["phases"]:
+            h = [s["ms"] for s in phase["health"]]
+            misses = sum(1 for s in phase["health"] if not s["ok"])
+            groups.append((f"/health\n{label}\n{phase['name']}", h, misses, colours.get(label, "gray")))
+    for label, run in runs.items():
+        for phase in run["phases"]:
+            if phase["name"] != "loaded":
+                continue
+            e = [s["rtt_ms"] if s.get("rtt_ms") is not None else 5000.0 for s in phase["echo"]]
+            groups.append((f"TCP echo\n(fresh conn.)\n{label} loaded", e, 0, "#2ca02c"))
+
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(15, 6), gridspec_kw={"width_ratios": [3, 2]})
+    for i, (name, vals, misses, colour) in enumerate(groups):
+        jitter = [(i + 1) + ((k * 0.6180339) % 1 - 0.5) * 0.5 for k in range(len(vals))]
+        ax.scatter(jitter, vals, s=4, alpha=0.35, color=colour, linewidths=0)
+        ax.boxplot([vals], positions=[i + 1], widths=0.6, whis=(1, 99), showfliers=False,
+                   medianprops={"color": "black"})
+        p50, p99 = pct(vals, 0.5), pct(vals, 0.99)
+        text = f"p50 {p50:.0f}\np99 {p99:.0f}"
+        if misses:
+            text += f"\n{misses} miss"
+        ax.annotate(text, (i + 1, max(vals) if vals else 1), textcoords="offset points",
+                    xytext=(0, 6), ha="center", fontsize=8)
+    ax.axhline(deadline, color="gray", linestyle="--", linewidth=1)
+    ax.text(0.55, deadline * 1.08, f"deadline {deadline} ms", color="gray", fontsize=8)
+    ax.set_yscale("log")
+    ax.set_ylim(0.3, max(6000, deadline * 6))
+    ax.set_xticks(range(1, len(groups) + 1))
+    ax.set_xticklabels([g[0] for g in groups], fontsize=8)
+    ax.set_ylabel("latency, ms (log)")
+    ax.set_title("Realtime probe latency: idle vs under 8 × 8 MB uploads (box: p1–p99, line: p50)")
+
+    # Right: complementary CDF of the loaded window.
+    for label, run in runs.items():
+        for phase in run["phases"]:
+            if phase["name"] != "loaded":
+                continue
+            for what, vals, style in (
+                ("/health", [s["ms"] for s in phase["health"]], "-"),
+                ("echo", [s["rtt_ms"] if s.get("rtt_ms") is not None else 5000.0 for s in phase["echo"]], ":"),
+            ):
+                v = sorted(vals)
+                n = len(v)
+                if not n:
+                    continue
+                ax2.step(v, [1 - k / n for k in range(n)], where="post", linestyle=style,
+                         color=colours.get(label, "gray") if what == "/health" else
+                         ("#2ca02c" if label == "bulkhead" else "#98df8a"),
+                         label=f"{what} ({label})")
+    ax2.axvline(deadline, color="gray", linestyle="--", linewidth=1)
+    ax2.set_xscale("log")
+    ax2.set_yscale("log")
+    ax2.set_ylim(1e-3, 1.05)
+    ax2.axhline(0.01, color="lightgray", linewidth=1)
+    ax2.text(0.5, 0.011, "p99", color="gray", fontsize=8)
+    ax2.set_xlabel("latency, ms (log)")
+    ax2.set_ylabel("fraction of probes slower (log)")
+    ax2.set_title("Loaded window: share of probes slower than x")
+    ax2.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+
+    # Timeline of the loaded window.
+    fig, ax = plt.subplots(figsize=(12, 4.5))
+    for label, run in runs.items():
+        for phase in run["phases"]:
+            if phase["name"] != "loaded":
+                continue
+            ax.scatter([s["t"] for s in phase["health"]], [s["ms"] for s in phase["health"]],
+                       s=6, color=colours.get(label, "gray"), label=f"/health ({label})", alpha=0.7)
+            ax.scatter([s["t"] for s in phase["echo"]],
+                       [s["rtt_ms"] if s.get("rtt_ms") is not None else 5000.0 for s in phase["echo"]],
+                       s=4, marker="x", color="#2ca02c" if label == "bulkhead" else "#98df8a",
+                       label=f"echo ({label} run)", alpha=0.6)
+    ax.axhline(deadline, color="gray", linestyle="--", linewidth=1)
+    ax.set_yscale("log")
+    ax.set_xlabel("seconds into the loaded window")
+    ax.set_ylabel("latency, ms (log)")
+    ax.set_title("Probes over time under load")
+    ax.legend(fontsize=8, ncol=4)
+    fig.tight_layout()
+    base, ext = os.path.splitext(out)
+    timeline = base.replace("latency", "timeline") if "latency" in base else base + "-timeline"
+    fig.savefig(timeline + ext, dpi=110)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,252 @@
+//! A lane's circuit breaker: after `failures` consecutive failures of compute (unreachable,
+//! deadline, internal errors — not bad requests), or a failure rate of `failure_rate` over
+//! the last `window` calls, the circuit opens and calls fail fast (503, `circuit_open`) for
+//! `open_for`; then one probe call at a time is let through (half-open): a success closes the
+//! circuit, a failure opens it again.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// Breaker thresholds (from the lane's config).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CircuitSettings {
+    /// Consecutive failures that open the circuit (0 disables the breaker).
+    pub failures: u32,
+    /// Failure share over the window that opens the circuit (0 disables this rule).
+    pub failure_rate: f32,
+    /// Calls the failure rate is computed over (it applies once the window is full).
+    pub window: usize,
+    /// How long the circuit stays open before a probe is let through.
+    pub open_for: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Closed,
+    Open { until: Instant },
+    HalfOpen { probing: bool },
+}
+
+/// Why a call may not go through now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Open {
+    /// How long until a probe may be tried.
+    pub retry_after: Duration,
+}
+
+#[derive(Debug)]
+struct Inner {
+    settings: CircuitSettings,
+    state: State,
+    consecutive: u32,
+    recent: VecDeque<bool>,
+}
+
+/// One lane's breaker.
+#[derive(Debug)]
+pub struct Circuit(Mutex<Inner>);
+
+/// Admission ticket: report the call's outcome with [`Ticket::record`]. A probe dropped
+/// without an outcome (its client went away) lets the next call probe instead.
+#[derive(Debug)]
+pub struct Ticket {
+    circuit: Arc<Circuit>,
+    probe: bool,
+    recorded: bool,
+}
+
+impl Ticket {
+    /// Records the call's outcome: `failed` means compute failed (not a client error).
+    pub fn record(mut self, failed: bool) {
+        self.recorded = true;
+        self.circuit.record(self.probe, failed);
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        if !self.recorded && self.probe {
+            let mut inner = self.circuit.0.lock().expect("circuit lock");
+            if inner.state == (State::HalfOpen { probing: true }) {
+                inner.state = State::HalfOpen { probing: false };
+            }
+        }
+    }
+}
+
+impl Circuit {
+    pub fn new(settings: CircuitSettings) -> Self {
+        Circuit(Mutex::new(Inner {
+            settings,
+            state: State::Closed,
+            consecutive: 0,
+            recent: VecDeque::new(),
+        }))
+    }
+
+    pub fn set_settings(&self, settings: CircuitSettings) {
+        self.0.lock().expect("circuit lock").settings = settings;
+    }
+
+    /// True while calls are being refused.
+    pub fn is_open(&self) -> bool {
+        matches!(self.0.lock().expect("circuit lock").state, State::Open { .. })
+    }
+
+    /// May a call go through now?
+    pub fn allow(self: &Arc<Self>) -> Result<Ticket, Open> {
+        let mut inner = self.0.lock().expect("circuit lock");
+        let now = Instant::now();
+        let ticket = |probe| Ticket {
+            circuit: self.clone(),
+            probe,
+            recorded: false,
+        };
+        match inner.state {
+            State::Closed => Ok(ticket(false)),
+            State::Open { until } if now < until => Err(Open {
+                retry_after: until - now,
+            }),
+            State::Open { .. } | State::HalfOpen { probing: false } => {
+                inner.state = State::HalfOpen { probing: true };
+                Ok(ticket(true))
+            }
+            State::HalfOpen { probing: true } => Err(Open {
+                retry_after: Duration::from_millis(100),
+            }),
+        }
+    }
+
+    fn record(&self, probe: bool, failed: bool) {
+        let mut inner = self.0.lock().expect("circuit lock");
+        let s = inner.settings;
+        if probe || matches!(inner.state, State::HalfOpen { .. }) {
+            if failed {
+                inner.state = State::Open {
+                    until: Instant::now() + s.open_for,
+                };
+            } else {
+                inner.state = State::Closed;
+                inner.consecutive = 0;
+                inner.recent.clear();
+            }
+            return;
+        }
+        inner.consecutive = if failed { inner.consecutive + 1 } else { 0 };
+        inner.recent.push_back(failed);
+        while inner.recent.len() > s.window.max(1) {
+            inner.recent.pop_front();
+        }
+        let failures_in_window = inner.recent.iter().filter(|f| **f).count();
+        let by_count = s.failures > 0 && inner.consecutive >= s.failures;
+        let by_rate = s.failure_rate > 0.0
+            && s.window > 0
+            && inner.recent.len() >= s.window
+            && failures_in_window as f32 / inner.recent.len() as f32 >= s.failure_rate;
+        if by_count || by_rate {
+            tracing::warn!(consecutive = inner.consecutive, failures_in_window, "circuit opened");
+            inner.state = State::Open {
+                until: Instant::now() + s.open_for,
+            };
+            inner.consecutive = 0;
+            inner.recent.clear();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> CircuitSettings {
+        CircuitSettings {
+            failures: 3,
+            failure_rate: 0.5,
+            window: 10,
+            open_for: Duration::from_secs(1),
+        }
+    }
+
+    fn call(c: &Arc<Circuit>, failed: bool) -> bool {
+        match c.allow() {
+            Ok(t) => {
+                t.record(failed);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn opens_on_consecutive_failures_then_a_probe_closes_it() {
+        let c = Arc::new(Circuit::new(settings()));
+        assert!(call(&c, true) && call(&c, true));
+        assert!(!c.is_open());
+        assert!(call(&c, true));
+        assert!(c.is_open());
+        let open = c.allow().unwrap_err();
+        assert_eq!(open.retry_after, Duration::from_secs(1));
+        tokio::time::advance(Duration::from_millis(999)).await;
+        assert!(c.allow().is_err(), "still open");
+        tokio::time::advance(Duration::from_millis(1)).await;
+        let probe = c.allow().unwrap();
+        assert!(c.allow().is_err(), "one probe at a time");
+        probe.record(false);
+        assert!(c.allow().is_ok(), "closed again");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_probe_opens_it_again() {
+        let c = Arc::new(Circuit::new(settings()));
+        for _ in 0..3 {
+            call(&c, true);
+        }
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let probe = c.allow().unwrap();
+        probe.record(true);
+        assert!(c.is_open());
+        assert!(c.allow().is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_abandoned_probe_lets_another_call_probe() {
+        let c = Arc::new(Circuit::new(settings()));
+        for _ in 0..3 {
+            call(&c, true);
+        }
+        tokio::time::advance(Duration::from_secs(1)).await;
+        drop(c.allow().unwrap());
+        assert!(c.allow().is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn opens_on_a_failure_rate_over_the_window() {
+        let c = Arc::new(Circuit::new(settings()));
+        // Alternating failures never make 3 in a row, but are 50 % of the window.
+        for i in 0..9 {
+            call(&c, i % 2 == 0);
+            assert!(!c.is_open(), "window not full yet at {i}");
+        }
+        call(&c, true);
+        assert!(c.is_open());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn successes_keep_it_closed_and_zero_disables_it() {
+        let c = Arc::new(Circuit::new(settings()));
+        for _ in 0..100 {
+            assert!(call(&c, false));
+        }
+        let off = Arc::new(Circuit::new(CircuitSettings {
+            failures: 0,
+            failure_rate: 0.0,
+            ..settings()
+        }));
+        for _ in 0..100 {
+            assert!(call(&off, true));
+        }
+    }
+}
