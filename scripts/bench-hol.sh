@@ -24,6 +24,7 @@
 #   HOL_OUT=target/bench-hol  HOL_PLOT=docs/img/hol-latency.png
 #   HOL_COMPUTE_WORKERS=0 (compute CPU threads; 0 = one per core)
 #   HOL_BFF_ENV="IMAGEGATE_LANES__HEAVY__CONNECTIONS=8 ..." (extra BFF settings, both modes)
+#   HOL_CC=cubic|bbr|reno (TCP congestion control inside both namespaces; default: the host's)
 #   HOL_NICE=-10 (priority of every process of the benchmark: the machine is shared, and other
 #                 work on it should not decide the latencies; the same for both modes)
 #   HOL_BIN=... HOL_BENCH_BIN=... (use these binaries instead of building)
@@ -195,6 +196,9 @@ shape "$NSC" "$VC"
 drop "$NSC" "$VC" # BFF -> compute
 [ "$LOSS_DIR" = both ] && drop "$NSB" "$VB" # compute -> BFF
 
+if [ -n "${HOL_CC:-}" ]; then
+    for ns in "$NSB" "$NSC"; do ip netns exec "$ns" sysctl -qw net.ipv4.tcp_congestion_control="$HOL_CC"; done
+fi
 CC=$(ip netns exec "$NSB" sysctl -n net.ipv4.tcp_congestion_control)
 {
     echo "date: $(date -u +%FT%TZ)"

@@ -118,7 +118,7 @@ def main():
     ax.set_xlabel("seconds into the loaded window")
     ax.set_ylabel("latency, ms (log)")
     ax.set_title("Probes over time under load")
-    ax.legend(fontsize=8, ncol=4)
+    ax.legend(fontsize=8, ncol=4, loc="lower right")
     fig.tight_layout()
     base, ext = os.path.splitext(out)
     timeline = base.replace("latency", "timeline") if "latency" in base else base + "-timeline"

@@ -137,15 +137,17 @@ promtool check rules deploy/prometheus/rules.yml || fail "deploy/prometheus/rule
 
 # promtool parses PromQL but knows no metric names: a misspelt one would just match nothing.
 say "rules.yml uses only the contract's metrics and the rules it records; every alert has its annotations"
-"$PY" - <<'EOF' || fail "deploy/prometheus/rules.yml: see the problems above"
+"$PY" - "$WORK/referenced.txt" <<'EOF' || fail "deploy/prometheus/rules.yml: see the problems above"
 import re, sys, yaml
 CONTRACT = """imagegate_lane_requests_total imagegate_lane_request_duration_seconds imagegate_lane_in_flight
 imagegate_lane_queue_wait_seconds imagegate_lane_rejected_total imagegate_lane_limit imagegate_lane_connections
 imagegate_lane_bytes_sent_total imagegate_lane_bytes_received_total imagegate_http_requests_total
 imagegate_http_request_duration_seconds imagegate_compute_operations_total
-imagegate_compute_operation_duration_seconds imagegate_compute_queue_depth""".split()
+imagegate_compute_operation_duration_seconds imagegate_compute_queue_depth
+imagegate_config_reloads_total""".split()
 HISTOGRAMS = [m for m in CONTRACT if m.endswith("_seconds") and "duration" in m or m.endswith("wait_seconds")]
 known = set(CONTRACT) | {f"{h}_{s}" for h in HISTOGRAMS for s in ("bucket", "sum", "count")} | {"up"}
+used = set()
 rules = [r for g in yaml.safe_load(open("deploy/prometheus/rules.yml"))["groups"] for r in g["rules"]]
 recorded = {r["record"] for r in rules if "record" in r}
 problems = []
@@ -155,6 +157,8 @@ for r in rules:
     for ident in re.findall(r"\b([a-z_][a-z0-9_]*:[a-z0-9_:]+|imagegate_[a-z0-9_]+|up)\b(?!\s*\()", expr):
         if ident not in known and ident not in recorded:
             problems.append(f"{name}: unknown metric or recorded series `{ident}`")
+        elif ident.startswith("imagegate_"):
+            used.add(ident)
     if "alert" in r:
         ann = r.get("annotations", {})
         for key in ("summary", "description", "runbook"):
@@ -171,6 +175,8 @@ for want in ("ImagegateLaneSaturated", "ImagegateLaneShedding", "ImagegateRealti
 for p in problems:
     print("  -", p)
 print(f"  {len(recorded)} recording rules, {sum('alert' in r for r in rules)} alerts")
+# The live scrape below checks that each of these is really exported.
+open(sys.argv[1], "a").write("".join(f"rules.yml {m}\n" for m in sorted(used)))
 sys.exit(1 if problems else 0)
 EOF
 
@@ -201,7 +207,7 @@ say "python -m json.tool deploy/grafana/imagegate.json"
 "$PY" -m json.tool deploy/grafana/imagegate.json >/dev/null || fail "deploy/grafana/imagegate.json is not valid JSON"
 
 say "dashboard structure, variables, panels and metric coverage"
-"$PY" - "$WORK/dashboard-queries.yml" <<'EOF' || fail "deploy/grafana/imagegate.json: see the problems above"
+"$PY" - "$WORK/dashboard-queries.yml" "$WORK/referenced.txt" <<'EOF' || fail "deploy/grafana/imagegate.json: see the problems above"
 import json, re, sys
 CONTRACT = """imagegate_lane_requests_total imagegate_lane_request_duration_seconds imagegate_lane_in_flight
 imagegate_lane_queue_wait_seconds imagegate_lane_rejected_total imagegate_lane_limit imagegate_lane_connections
@@ -213,10 +219,14 @@ EXPECTED_PANELS = [
     "In-flight vs limit", "Lane requests by code", "Lane duration p50 / p99", "Queue wait p50 / p99",
     "Rejections by reason", "Connections", "Bytes on the wire", "HTTP requests by status",
     "Compute operations by result", "Compute queue depth", "Compute duration p50 / p99",
-    "Resident memory (RSS)", "CPU",
+    "Resident memory (RSS)", "CPU", "Config reloads by result",
 ]
 LANE_PANELS = EXPECTED_PANELS[:7]
+# Beyond the contract: what the BFF also exports (live reload, the upload store, process).
+EXTRA = """imagegate_config_reloads_total imagegate_store_bytes imagegate_store_objects
+imagegate_store_errors_total process_open_fds process_max_fds""".split()
 problems = []
+used = set()
 d = json.load(open("deploy/grafana/imagegate.json"))
 if not isinstance(d.get("schemaVersion"), int) or not 36 <= d["schemaVersion"] <= 41:
     problems.append(f"schemaVersion {d.get('schemaVersion')!r}: expected 36..41")
@@ -267,8 +277,9 @@ for m in CONTRACT:
 for title, e in exprs:
     for name in re.findall(r"\b((?:imagegate|process)_[a-z_]+)", e):
         base = re.sub(r"_bucket$", "", name)
-        if base not in CONTRACT and name not in ("process_open_fds", "process_max_fds"):
+        if base not in CONTRACT and name not in EXTRA:
             problems.append(f"panel {title!r}: unknown metric {name}")
+        used.add(name)
 # Every query as a recording rule, so promtool parses the PromQL (Grafana's macros filled in).
 with open(sys.argv[1], "w") as f:
     f.write("groups:\n  - name: dashboard\n    rules:\n")
@@ -278,6 +289,7 @@ with open(sys.argv[1], "w") as f:
 for p in problems:
     print("  -", p)
 print(f"  {len(panels)} panels, {len(exprs)} queries, variables: {', '.join(variables)}")
+open(sys.argv[2], "a").write("".join(f"imagegate.json {m}\n" for m in sorted(used)))
 sys.exit(1 if problems else 0)
 EOF
 say "promtool: every dashboard query parses as PromQL"
@@ -549,7 +561,7 @@ for part in bff compute; do
     fail "the $part's /metrics does not pass promtool check metrics"
 done
 
-say "the contract's metric families are exported (CONTRACT.md §3)"
+say "the contract's metric families are exported (CONTRACT.md §3), and every metric the rules and dashboard use"
 "$PY" - "$WORK" <<'EOF' || fail "a contract metric is missing from a /metrics scrape"
 import re, sys
 work = sys.argv[1]
@@ -574,6 +586,16 @@ for part, names in want.items():
             bad = True
             print(f'  - bff: no imagegate_lane_in_flight{{lane="{lane}"}}')
     print(f"  {part}: {len(declared)} families")
+# Every metric the rules and the dashboard query is exported by one of the two processes
+# (a histogram's _bucket/_sum/_count by its family).
+exported = set()
+for part in want:
+    exported |= set(re.findall(r"^# TYPE (\S+) ", open(f"{work}/{part}.prom").read(), re.M))
+for line in open(f"{work}/referenced.txt"):
+    where, name = line.split()
+    if name not in exported and re.sub(r"_(bucket|sum|count)$", "", name) not in exported:
+        bad = True
+        print(f"  - {where} uses {name}, which neither process exports")
 sys.exit(1 if bad else 0)
 EOF
 

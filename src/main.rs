@@ -85,7 +85,9 @@ fn main() -> anyhow::Result<()> {
             if let Some(a) = listen {
                 config.bff.listen = a;
             }
-            let file = common.config.or_else(|| std::env::var_os("IMAGEGATE_CONFIG").map(Into::into));
+            let file = common
+                .config
+                .or_else(|| std::env::var_os("IMAGEGATE_CONFIG").map(Into::into));
             actix_web::rt::System::new().block_on(imagegate::edge::run(config, file))
         }
         Command::Dev { common } => imagegate::dev::run(Config::load(common.config.as_deref())?),

@@ -828,52 +828,108 @@ async fn a_reload_under_load_changes_limits_without_failing_calls_in_flight() {
     let mut in_flight = Vec::new();
     for _ in 0..3 {
         let url = bff.url("/v1/images/compress");
-        in_flight.push(tokio::spawn(async move { post(url, Form::new().part("file", file(jpeg(32, 32)))).await.status() }));
+        in_flight.push(tokio::spawn(async move {
+            post(url, Form::new().part("file", file(jpeg(32, 32))))
+                .await
+                .status()
+        }));
     }
     assert!(
         eventually(Duration::from_secs(20), async || {
-            metric(&metrics(&bff).await, "imagegate_lane_in_flight{lane=\"heavy\"}") == Some(3.0)
+            metric(
+                &metrics(&bff).await,
+                "imagegate_lane_in_flight{lane=\"heavy\"}",
+            ) == Some(3.0)
         })
         .await
     );
 
     // Lower the limit to 1 while they run.
     write(1);
-    let r = reqwest::Client::new().post(bff.url("/admin/reload")).send().await.unwrap();
+    let r = reqwest::Client::new()
+        .post(bff.url("/admin/reload"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     let outcome: Value = r.json().await.unwrap();
-    assert!(outcome["applied"].to_string().contains("lanes.heavy.max_in_flight"), "{outcome}");
+    assert!(
+        outcome["applied"]
+            .to_string()
+            .contains("lanes.heavy.max_in_flight"),
+        "{outcome}"
+    );
     let text = metrics(&bff).await;
-    assert_eq!(metric(&text, "imagegate_lane_limit{lane=\"heavy\"}"), Some(1.0));
-    assert_eq!(metric(&text, "imagegate_config_reloads_total{result=\"ok\"}"), Some(1.0));
+    assert_eq!(
+        metric(&text, "imagegate_lane_limit{lane=\"heavy\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(&text, "imagegate_config_reloads_total{result=\"ok\"}"),
+        Some(1.0)
+    );
 
     // New requests see the new limit at once.
-    let r = post(bff.url("/v1/images/compress"), Form::new().part("file", file(jpeg(32, 32)))).await;
+    let r = post(
+        bff.url("/v1/images/compress"),
+        Form::new().part("file", file(jpeg(32, 32))),
+    )
+    .await;
     problem(r, StatusCode::SERVICE_UNAVAILABLE).await;
 
     // An invalid config is refused and the old one stays.
     std::fs::write(&config_path, "[lanes.heavy]\nmax_in_flight = 0\n").unwrap();
-    let r = reqwest::Client::new().post(bff.url("/admin/reload")).send().await.unwrap();
+    let r = reqwest::Client::new()
+        .post(bff.url("/admin/reload"))
+        .send()
+        .await
+        .unwrap();
     let b = problem(r, StatusCode::UNPROCESSABLE_ENTITY).await;
-    assert!(b["detail"].as_str().unwrap().contains("lanes.heavy.max_in_flight"), "{b}");
+    assert!(
+        b["detail"]
+            .as_str()
+            .unwrap()
+            .contains("lanes.heavy.max_in_flight"),
+        "{b}"
+    );
     let text = metrics(&bff).await;
-    assert_eq!(metric(&text, "imagegate_lane_limit{lane=\"heavy\"}"), Some(1.0));
-    assert_eq!(metric(&text, "imagegate_config_reloads_total{result=\"error\"}"), Some(1.0));
+    assert_eq!(
+        metric(&text, "imagegate_lane_limit{lane=\"heavy\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(&text, "imagegate_config_reloads_total{result=\"error\"}"),
+        Some(1.0)
+    );
 
     // The calls admitted under the old limit all finish well.
     log.release("Compress");
     for call in in_flight {
         assert_eq!(call.await.unwrap(), 200);
     }
-    assert_eq!(metric(&metrics(&bff).await, "imagegate_lane_in_flight{lane=\"heavy\"}"), Some(0.0));
+    assert_eq!(
+        metric(
+            &metrics(&bff).await,
+            "imagegate_lane_in_flight{lane=\"heavy\"}"
+        ),
+        Some(0.0)
+    );
     // …and then the new limit admits one at a time.
-    let r = post(bff.url("/v1/images/compress"), Form::new().part("file", file(jpeg(32, 32)))).await;
+    let r = post(
+        bff.url("/v1/images/compress"),
+        Form::new().part("file", file(jpeg(32, 32))),
+    )
+    .await;
     assert_eq!(r.status(), 200);
 }
 
 #[tokio::test]
 async fn an_open_circuit_fails_fast_then_recovers() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let mut config = bff_config(&format!("http://{addr}"));
     config.lanes.heavy.retries = 0;
@@ -881,23 +937,49 @@ async fn an_open_circuit_fails_fast_then_recovers() {
     config.lanes.heavy.circuit_open_for = Duration::from_millis(300);
     let bff = start_bff(config);
     for _ in 0..2 {
-        let r = post(bff.url("/v1/images/compress"), Form::new().part("file", file(jpeg(16, 16)))).await;
+        let r = post(
+            bff.url("/v1/images/compress"),
+            Form::new().part("file", file(jpeg(16, 16))),
+        )
+        .await;
         assert_eq!(r.status(), 503);
     }
-    let r = post(bff.url("/v1/images/compress"), Form::new().part("file", file(jpeg(16, 16)))).await;
+    let r = post(
+        bff.url("/v1/images/compress"),
+        Form::new().part("file", file(jpeg(16, 16))),
+    )
+    .await;
     assert!(r.headers().contains_key("retry-after"));
     let b = problem(r, StatusCode::SERVICE_UNAVAILABLE).await;
     assert_eq!(b["type"], "urn:imagegate:problem:circuit-open", "{b}");
     let text = metrics(&bff).await;
-    assert_eq!(metric(&text, "imagegate_lane_rejected_total{lane=\"heavy\",reason=\"circuit_open\"}"), Some(1.0));
+    assert_eq!(
+        metric(
+            &text,
+            "imagegate_lane_rejected_total{lane=\"heavy\",reason=\"circuit_open\"}"
+        ),
+        Some(1.0)
+    );
 
     let _compute = start_compute_at(addr, compute_config(), None);
     assert!(
         eventually(Duration::from_secs(30), async || {
-            post(bff.url("/v1/images/compress"), Form::new().part("file", file(jpeg(16, 16)))).await.status() == 200
+            post(
+                bff.url("/v1/images/compress"),
+                Form::new().part("file", file(jpeg(16, 16))),
+            )
+            .await
+            .status()
+                == 200
         })
         .await,
         "the circuit never closed after compute came back"
     );
-    assert_eq!(metric(&metrics(&bff).await, "imagegate_lane_in_flight{lane=\"heavy\"}"), Some(0.0));
+    assert_eq!(
+        metric(
+            &metrics(&bff).await,
+            "imagegate_lane_in_flight{lane=\"heavy\"}"
+        ),
+        Some(0.0)
+    );
 }

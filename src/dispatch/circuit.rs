@@ -93,7 +93,10 @@ impl Circuit {
 
     /// True while calls are being refused.
     pub fn is_open(&self) -> bool {
-        matches!(self.0.lock().expect("circuit lock").state, State::Open { .. })
+        matches!(
+            self.0.lock().expect("circuit lock").state,
+            State::Open { .. }
+        )
     }
 
     /// May a call go through now?
@@ -147,7 +150,11 @@ impl Circuit {
             && inner.recent.len() >= s.window
             && failures_in_window as f32 / inner.recent.len() as f32 >= s.failure_rate;
         if by_count || by_rate {
-            tracing::warn!(consecutive = inner.consecutive, failures_in_window, "circuit opened");
+            tracing::warn!(
+                consecutive = inner.consecutive,
+                failures_in_window,
+                "circuit opened"
+            );
             inner.state = State::Open {
                 until: Instant::now() + s.open_for,
             };

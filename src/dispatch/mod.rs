@@ -41,10 +41,7 @@ pub enum DispatchError {
     #[error("the {lane} lane is saturated: no permit within its queue wait")]
     Saturated { lane: String, retry_after: Duration },
     #[error("the {lane} lane's circuit is open after repeated compute failures")]
-    CircuitOpen {
-        lane: String,
-        retry_after: Duration,
-    },
+    CircuitOpen { lane: String, retry_after: Duration },
     #[error("the {lane} lane's deadline of {deadline:?} passed")]
     Deadline { lane: String, deadline: Duration },
     #[error("compute answered {}: {}", .0.code(), .0.message())]

@@ -145,7 +145,8 @@ pub fn bff_config(compute_url: &str) -> Config {
 pub fn scratch_dir(what: &str) -> std::path::PathBuf {
     static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let dir = std::env::temp_dir().join(format!("imagegate-test-{}-{what}-{n}", std::process::id()));
+    let dir =
+        std::env::temp_dir().join(format!("imagegate-test-{}-{what}-{n}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
