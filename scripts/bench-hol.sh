@@ -25,6 +25,7 @@
 #   HOL_COMPUTE_WORKERS=0 (compute CPU threads; 0 = one per core)
 #   HOL_BFF_ENV="IMAGEGATE_LANES__HEAVY__CONNECTIONS=8 ..." (extra BFF settings, both modes)
 #   HOL_CC=cubic|bbr|reno (TCP congestion control inside both namespaces; default: the host's)
+#   HOL_SYSCTL="net.ipv4.tcp_autocorking=0 ..." (sysctls set inside both namespaces; default none)
 #   HOL_NICE=-10 (priority of every process of the benchmark: the machine is shared, and other
 #                 work on it should not decide the latencies; the same for both modes)
 #   HOL_BIN=... HOL_BENCH_BIN=... (use these binaries instead of building)
@@ -199,11 +200,15 @@ drop "$NSC" "$VC" # BFF -> compute
 if [ -n "${HOL_CC:-}" ]; then
     for ns in "$NSB" "$NSC"; do ip netns exec "$ns" sysctl -qw net.ipv4.tcp_congestion_control="$HOL_CC"; done
 fi
+for kv in ${HOL_SYSCTL:-}; do
+    for ns in "$NSB" "$NSC"; do ip netns exec "$ns" sysctl -qw "$kv"; done
+done
 CC=$(ip netns exec "$NSB" sysctl -n net.ipv4.tcp_congestion_control)
 {
     echo "date: $(date -u +%FT%TZ)"
     echo "machine: $(nproc) CPUs, $(lscpu | sed -n 's/^Model name: *//p' | head -1), kernel $(uname -r), load average $(cut -d' ' -f1-3 /proc/loadavg)"
     echo "link: tbf rate $RATE burst $BURST latency $QUEUE each direction; loss $LOSS/1000 ($LOSS_DIR); netem delay: $([ "$NETEM" = yes ] && echo "$DELAY each way" || echo "not available, none")"
+    echo "sysctls in the namespaces: ${HOL_SYSCTL:-host defaults}"
     echo "tcp: congestion control $CC, tcp_wmem $(ip netns exec "$NSB" sysctl -n net.ipv4.tcp_wmem | tr '\t' ' '), GSO/TSO/GRO off on the veth pair"
     echo "compute workers: $COMPUTE_WORKERS (0 = one per core); extra BFF env: ${BFF_ENV:-none}; nice $NICE"
 } | tee "$OUT/setup.txt"

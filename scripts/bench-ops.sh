@@ -4,6 +4,7 @@
 #   scripts/bench-ops.sh            # both modes: one pinned core, then the whole machine
 #   BENCH_MODE=pinned scripts/bench-ops.sh
 #   BENCH_RUNS=20 BENCH_WARMUP=3 scripts/bench-ops.sh
+#   BENCH_NO_BUILD=1 scripts/bench-ops.sh   # use the existing release binary
 #
 # Cases (24-megapixel photo-like JPEG, generated with vips):
 #   thumbnail: vipsthumbnail in.jpg -s 200 -o out.jpg            (vips default Q75)
@@ -40,7 +41,10 @@ if ((${#need_install[@]})); then
     $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_install[@]}" >/dev/null
 fi
 
-cargo build --release --bin imagegate
+# BENCH_NO_BUILD=1 reuses an existing target/release/imagegate.
+if [ "${BENCH_NO_BUILD:-0}" != 1 ]; then
+    cargo build --release --bin imagegate
+fi
 BIN=$PWD/target/release/imagegate
 
 # --- a 6000x4000 photo-like JPEG: smooth colour, luminance texture, hard edges, grain ---

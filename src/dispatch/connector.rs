@@ -62,15 +62,28 @@ impl tower::Service<http::Uri> for MeteredConnector {
             Ok(TokioIo::new(MeteredStream {
                 inner: stream,
                 metrics,
+                unpushed: false,
             }))
         })
     }
 }
 
-/// A TCP stream that counts its bytes and its own lifetime in the lane's metrics.
+/// A TCP stream that counts its bytes and its own lifetime in the lane's metrics, and pushes
+/// what HTTP/2 flushes onto the wire at once.
+///
+/// Why the push: h2 writes a call's HEADERS and its DATA in two writes. Linux "autocorks" a
+/// small write while an earlier segment of the same socket still sits in a qdisc or device
+/// queue (`net.ipv4.tcp_autocorking`, on by default, and TCP_NODELAY does not turn it off), so
+/// on a link with a standing queue the DATA half of a small call waited for the HEADERS half
+/// to drain the whole queue and then queued again: every realtime call paid the link's queue
+/// twice (measured in `docs/benchmarks-hol.md`). Setting TCP_NODELAY again after the writes of
+/// a flush makes the kernel push the corked bytes now; it costs one `setsockopt` per flush
+/// that followed a write.
 pub struct MeteredStream {
     inner: TcpStream,
     metrics: ConnectionMetrics,
+    /// Bytes were written since the last flush.
+    unpushed: bool,
 }
 
 impl Drop for MeteredStream {
@@ -106,6 +119,7 @@ impl AsyncWrite for MeteredStream {
         let result = Pin::new(&mut this.inner).poll_write(cx, buf);
         if let Poll::Ready(Ok(n)) = result {
             this.metrics.bytes_sent.inc_by(n as u64);
+            this.unpushed |= n > 0;
         }
         result
     }
@@ -119,6 +133,7 @@ impl AsyncWrite for MeteredStream {
         let result = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
         if let Poll::Ready(Ok(n)) = result {
             this.metrics.bytes_sent.inc_by(n as u64);
+            this.unpushed |= n > 0;
         }
         result
     }
@@ -128,7 +143,13 @@ impl AsyncWrite for MeteredStream {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+        let this = self.get_mut();
+        if this.unpushed {
+            this.unpushed = false;
+            // Setting TCP_NODELAY (already on) sends whatever autocorking held back.
+            this.inner.set_nodelay(true)?;
+        }
+        Pin::new(&mut this.inner).poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
