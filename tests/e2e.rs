@@ -5,51 +5,10 @@ mod support;
 
 use std::time::Duration;
 
-use reqwest::multipart::{Form, Part};
+use reqwest::multipart::Form;
 use reqwest::StatusCode;
 use serde_json::Value;
 use support::*;
-
-fn file(data: Vec<u8>) -> Part {
-    // The client's Content-Type is deliberately wrong: the BFF sniffs the bytes.
-    Part::bytes(data)
-        .file_name("upload.bin")
-        .mime_str("application/octet-stream")
-        .unwrap()
-}
-
-async fn post(url: String, form: Form) -> reqwest::Response {
-    reqwest::Client::new()
-        .post(url)
-        .multipart(form)
-        .send()
-        .await
-        .unwrap()
-}
-
-/// Asserts an RFC 9457 problem with `status`, and returns its body.
-async fn problem(response: reqwest::Response, status: StatusCode) -> Value {
-    assert_eq!(response.status(), status);
-    assert_eq!(
-        response.headers()["content-type"].to_str().unwrap(),
-        "application/problem+json"
-    );
-    let body: Value = response.json().await.unwrap();
-    assert_eq!(body["status"], status.as_u16());
-    assert!(
-        body["type"].as_str().is_some_and(|t| !t.is_empty()),
-        "{body}"
-    );
-    assert!(
-        body["title"].as_str().is_some_and(|t| !t.is_empty()),
-        "{body}"
-    );
-    assert!(
-        body["detail"].as_str().is_some_and(|t| !t.is_empty()),
-        "{body}"
-    );
-    body
-}
 
 fn decode(bytes: &[u8]) -> image::DynamicImage {
     image::load_from_memory(bytes).unwrap()

@@ -9,39 +9,11 @@ use std::time::{Duration, SystemTime};
 
 use imagegate::config::{Config, Size, StoreConfig};
 use imagegate::store::{ObjectId, Store};
-use reqwest::multipart::{Form, Part};
+use reqwest::multipart::Form;
 use reqwest::StatusCode;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use support::*;
-
-fn file(data: Vec<u8>) -> Part {
-    Part::bytes(data)
-        .file_name("photo.bin")
-        .mime_str("application/octet-stream")
-        .unwrap()
-}
-
-async fn post(url: String, form: Form) -> reqwest::Response {
-    reqwest::Client::new()
-        .post(url)
-        .multipart(form)
-        .send()
-        .await
-        .unwrap()
-}
-
-async fn problem(response: reqwest::Response, status: StatusCode) -> Value {
-    assert_eq!(response.status(), status);
-    assert_eq!(
-        response.headers()["content-type"].to_str().unwrap(),
-        "application/problem+json"
-    );
-    let body: Value = response.json().await.unwrap();
-    assert_eq!(body["status"], status.as_u16(), "{body}");
-    assert!(body["detail"].as_str().is_some_and(|d| !d.is_empty()));
-    body
-}
 
 fn config_with_store(compute_url: &str, dir: &Path) -> Config {
     let mut c = bff_config(compute_url);

@@ -14,7 +14,7 @@ use imagegate::store::Store;
 use object_store::aws::AmazonS3Builder;
 use object_store::path::Path as Key;
 use object_store::ObjectStore;
-use reqwest::multipart::{Form, Part};
+use reqwest::multipart::Form;
 use reqwest::StatusCode;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -154,19 +154,6 @@ async fn all_keys(client: &Arc<dyn ObjectStore>) -> Vec<String> {
         .unwrap();
     keys.sort();
     keys
-}
-
-fn file(data: Vec<u8>) -> Part {
-    Part::bytes(data).file_name("photo.bin")
-}
-
-async fn post(url: String, form: Form) -> reqwest::Response {
-    reqwest::Client::new()
-        .post(url)
-        .multipart(form)
-        .send()
-        .await
-        .unwrap()
 }
 
 fn config(compute_url: &str, server: &S3Server) -> Config {

@@ -101,7 +101,7 @@ const SINGLE: FormSpec = FormSpec {
     many_files: false,
 };
 
-fn required_file(form: &super::intake::Form) -> Result<Bytes, Problem> {
+pub(super) fn required_file(form: &super::intake::Form) -> Result<Bytes, Problem> {
     form.file("file")
         .map(|f| f.data.clone())
         .ok_or_else(|| Problem::bad_request("the `file` part is required"))

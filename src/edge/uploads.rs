@@ -43,10 +43,7 @@ async fn upload(
         many_files: false,
     };
     let form = read_form(&req, payload, Limits::from_config(&state.config.bff), &spec).await?;
-    let file = form
-        .file("file")
-        .map(|f| f.data.clone())
-        .ok_or_else(|| Problem::bad_request("the `file` part is required"))?;
+    let file = super::routes::required_file(&form)?;
     let request = params::compress_request(&form, file)?;
     let r = state.dispatcher.compress(request).await?;
     let Stored { id, size, .. } = state.store.put(r.image_data).await?;

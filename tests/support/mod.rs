@@ -386,3 +386,49 @@ pub async fn raw_get(addr: SocketAddr, path: &str) -> (u16, HashMap<String, Stri
         .collect();
     (status, headers, response[split + 4..].to_vec())
 }
+
+/// A file part as a browser sends it; the Content-Type is deliberately generic, since the BFF
+/// sniffs the bytes.
+pub fn file(data: Vec<u8>) -> reqwest::multipart::Part {
+    reqwest::multipart::Part::bytes(data)
+        .file_name("upload.bin")
+        .mime_str("application/octet-stream")
+        .unwrap()
+}
+
+/// POSTs a multipart form.
+pub async fn post(url: String, form: reqwest::multipart::Form) -> reqwest::Response {
+    reqwest::Client::new()
+        .post(url)
+        .multipart(form)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// Asserts an RFC 9457 problem with `status`, and returns its body.
+pub async fn problem(
+    response: reqwest::Response,
+    status: reqwest::StatusCode,
+) -> serde_json::Value {
+    assert_eq!(response.status(), status);
+    assert_eq!(
+        response.headers()["content-type"].to_str().unwrap(),
+        "application/problem+json"
+    );
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["status"], status.as_u16());
+    assert!(
+        body["type"].as_str().is_some_and(|t| !t.is_empty()),
+        "{body}"
+    );
+    assert!(
+        body["title"].as_str().is_some_and(|t| !t.is_empty()),
+        "{body}"
+    );
+    assert!(
+        body["detail"].as_str().is_some_and(|t| !t.is_empty()),
+        "{body}"
+    );
+    body
+}
