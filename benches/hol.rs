@@ -847,8 +847,7 @@ impl Snapshot {
             cpu_compute: cores(self.compute_ticks, before.compute_ticks),
             cpu_machine: match (self.machine, before.machine) {
                 (Some((busy_a, all_a)), Some((busy_b, all_b))) if all_a > all_b => {
-                    let ncpu = std::thread::available_parallelism().map_or(1, |n| n.get());
-                    Some((busy_a - busy_b) as f64 / (all_a - all_b) as f64 * ncpu as f64)
+                    Some((busy_a - busy_b) as f64 / (all_a - all_b) as f64 * machine_cpus() as f64)
                 }
                 _ => None,
             },
@@ -883,6 +882,20 @@ fn process_ticks(pid: u32) -> Option<u64> {
     let fields: Vec<&str> = rest.split_whitespace().collect();
     // utime and stime are fields 14 and 15 of the whole line: 11 and 12 after the name.
     Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+}
+
+/// CPUs of the machine (not of this process's affinity mask, which the script may narrow).
+fn machine_cpus() -> usize {
+    std::fs::read_to_string("/proc/stat")
+        .map(|s| {
+            s.lines()
+                .filter(|l| {
+                    l.starts_with("cpu") && l.as_bytes().get(3).is_some_and(u8::is_ascii_digit)
+                })
+                .count()
+        })
+        .unwrap_or(1)
+        .max(1)
 }
 
 /// (busy, total) ticks of the whole machine.

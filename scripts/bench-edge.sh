@@ -131,6 +131,7 @@ cat "$RESULTS"
 # --- phase 1: added latency and throughput (default config) ---------------------------------
 timeout --signal=INT 300 "$BENCH" --phase speed \
     --bff "http://127.0.0.1:$P_BFF" --compute "http://127.0.0.1:$P_GRPC" \
+    --bff-pid "$BFF_PID" --compute-pid "$COMPUTE_PID" --clk-tck "$(getconf CLK_TCK)" \
     --secs "$SECS" --n-small "$N_SMALL" --n-large "$N_LARGE" --out "$RESULTS" \
     || die "speed phase failed"
 

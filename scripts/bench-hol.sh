@@ -9,25 +9,32 @@
 #            <== tbf 100 Mbit/s, ~50 ms queue, 0.5 % random loss, each direction ==>
 #            10.203.0.2 [ns hol-cmp-PID: compute :50051, TCP echo :7007]
 #
-# Both ends of the veth pair are shaped with tbf (rate, queue); packets are dropped at random
-# by an nftables rule on the receiving end's ingress (after the bottleneck, as a real lossy
-# link does), in both directions by default. GSO/TSO are turned off on the pair so that both
-# tbf and the drop rule see wire-sized packets. netem is used for extra delay only if this
-# kernel has it (these machines' kernels don't).
+# Each direction is shaped with tbf (rate, queue). By default the shaper sits at the receiving
+# end (the veth end's ingress redirected through an IFB device), so the link's queue is out in
+# "the network", as with a real bottleneck, and never in the sending host's own qdisc (where
+# Linux's TCP small queues and autocorking would react to it); HOL_SHAPE_AT=egress puts it on
+# the sender's veth instead. Packets are dropped at random by an nftables rule on the receiving
+# end's ingress, after the shaper (as on a real lossy link): BFF->compute by default, both ways
+# with HOL_LOSS_DIR=both. GSO/TSO/GRO are off on the pair, so tbf and the drop rule see
+# wire-sized packets. netem adds delay only if this kernel has it (these machines' don't).
 #
 # Parameters (environment):
 #   HOL_RATE=100mbit  HOL_QUEUE=50ms  HOL_BURST=15k  HOL_LOSS_PERMILLE=5
 #   HOL_LOSS_DIR=up|both (up: BFF->compute only, the uploads' direction; both: each way)
+#   HOL_SHAPE_AT=ingress|egress (where each direction's tbf sits: receiver via IFB, or sender)
 #   HOL_DELAY=10ms (only with netem; 0 disables)
 #   HOL_CLIENTS=8  HOL_IMAGE_MB=8  HOL_QUALITY=75  HOL_PROBE_HZ=20  HOL_DEADLINE_MS=1000
 #   HOL_IDLE_SECS=10  HOL_WARMUP_SECS=3  HOL_LOAD_SECS=25  HOL_MODES="shared bulkhead"
 #   HOL_OUT=target/bench-hol  HOL_PLOT=docs/img/hol-latency.png
 #   HOL_COMPUTE_WORKERS=0 (compute CPU threads; 0 = one per core)
 #   HOL_BFF_ENV="IMAGEGATE_LANES__HEAVY__CONNECTIONS=8 ..." (extra BFF settings, both modes)
-#   HOL_CC=cubic|bbr|reno (TCP congestion control inside both namespaces; default: the host's)
+#   HOL_CC=reno|bbr|... (TCP congestion control in both namespaces, among those the host
+#                 allows there; default: the host's)
 #   HOL_SYSCTL="net.ipv4.tcp_autocorking=0 ..." (sysctls set inside both namespaces; default none)
 #   HOL_NICE=-10 (priority of every process of the benchmark: the machine is shared, and other
 #                 work on it should not decide the latencies; the same for both modes)
+#   HOL_PIN=yes|no (default yes with 2+ CPUs: compute on the last CPU, the BFF, the load
+#                 generator and the echo server on the others, as if on two hosts; else shared)
 #   HOL_BIN=... HOL_BENCH_BIN=... (use these binaries instead of building)
 set -euo pipefail
 
@@ -39,6 +46,7 @@ QUEUE=${HOL_QUEUE:-50ms}
 BURST=${HOL_BURST:-15k}
 LOSS=${HOL_LOSS_PERMILLE:-5}
 LOSS_DIR=${HOL_LOSS_DIR:-up}
+SHAPE_AT=${HOL_SHAPE_AT:-ingress}
 DELAY=${HOL_DELAY:-10ms}
 CLIENTS=${HOL_CLIENTS:-8}
 IMAGE_MB=${HOL_IMAGE_MB:-8}
@@ -54,7 +62,18 @@ PLOT=${HOL_PLOT:-docs/img/hol-latency.png}
 COMPUTE_WORKERS=${HOL_COMPUTE_WORKERS:-0}
 BFF_ENV=${HOL_BFF_ENV:-}
 NICE=${HOL_NICE:--10}
+NCPU=$(nproc)
+PIN=${HOL_PIN:-$([ "$NCPU" -ge 2 ] && echo yes || echo no)}
+if [ "$PIN" = yes ] && [ "$NCPU" -ge 2 ]; then
+    COMPUTE_CPUS=$((NCPU - 1))
+    BFF_CPUS=$([ "$NCPU" -eq 2 ] && echo 0 || echo "0-$((NCPU - 2))")
+else
+    PIN=no
+    COMPUTE_CPUS=0-$((NCPU - 1))
+    BFF_CPUS=$COMPUTE_CPUS
+fi
 
+case "$SHAPE_AT" in ingress | egress) ;; *) echo "HOL_SHAPE_AT must be ingress or egress" >&2; exit 2 ;; esac
 case "$LOSS_DIR" in both | up) ;; *) echo "HOL_LOSS_DIR must be both or up" >&2; exit 2 ;; esac
 for m in $MODES; do
     case "$m" in shared | bulkhead) ;; *) echo "HOL_MODES: unknown mode $m" >&2; exit 2 ;; esac
@@ -72,6 +91,7 @@ command -v ip >/dev/null || need+=(iproute2)
 command -v tc >/dev/null || need+=(iproute2)
 command -v nft >/dev/null || need+=(nftables)
 command -v ethtool >/dev/null || need+=(ethtool)
+command -v taskset >/dev/null || need+=(util-linux)
 command -v /usr/bin/python3 >/dev/null || need+=(python3)
 if ((${#need[@]})); then
     echo "installing: ${need[*]}"
@@ -192,8 +212,28 @@ table netdev hol {
 }
 EOF
 }
-shape "$NSB" "$VB"
-shape "$NSC" "$VC"
+if [ "$SHAPE_AT" = ingress ]; then
+    # Each direction is shaped where it arrives: the receiving veth end's ingress is redirected
+    # through an IFB device whose tbf is the link's queue. The senders' own qdiscs stay empty,
+    # as with a bottleneck out in the network.
+    to_ifb() { # namespace veth ifb
+        ip -n "$1" link add "$3" type ifb
+        ip -n "$1" link set "$3" up
+        ip netns exec "$1" tc qdisc add dev "$2" handle ffff: ingress
+        ip netns exec "$1" tc filter add dev "$2" parent ffff: protocol all u32 match u32 0 0 \
+            action mirred egress redirect dev "$3"
+    }
+    UP_NS=$NSC UP_DEV=holu$ID DOWN_NS=$NSB DOWN_DEV=hold$ID
+    to_ifb "$NSC" "$VC" "$UP_DEV"
+    to_ifb "$NSB" "$VB" "$DOWN_DEV"
+else
+    # Each direction is shaped on the sender's veth end: the link's queue is the sending
+    # host's own qdisc (as with an egress shaper on the host itself).
+    UP_NS=$NSB UP_DEV=$VB DOWN_NS=$NSC DOWN_DEV=$VC
+fi
+shape "$UP_NS" "$UP_DEV"
+shape "$DOWN_NS" "$DOWN_DEV"
+# Loss after the bottleneck: on the receiving end's ingress (after the IFB, when there is one).
 drop "$NSC" "$VC" # BFF -> compute
 [ "$LOSS_DIR" = both ] && drop "$NSB" "$VB" # compute -> BFF
 
@@ -207,21 +247,22 @@ CC=$(ip netns exec "$NSB" sysctl -n net.ipv4.tcp_congestion_control)
 {
     echo "date: $(date -u +%FT%TZ)"
     echo "machine: $(nproc) CPUs, $(lscpu | sed -n 's/^Model name: *//p' | head -1), kernel $(uname -r), load average $(cut -d' ' -f1-3 /proc/loadavg)"
-    echo "link: tbf rate $RATE burst $BURST latency $QUEUE each direction; loss $LOSS/1000 ($LOSS_DIR); netem delay: $([ "$NETEM" = yes ] && echo "$DELAY each way" || echo "not available, none")"
+    echo "link: tbf rate $RATE burst $BURST latency $QUEUE each direction, $([ "$SHAPE_AT" = ingress ] && echo "at the receiver's ingress (IFB)" || echo "at the sender's egress"); loss $LOSS/1000 ($LOSS_DIR); netem delay: $([ "$NETEM" = yes ] && echo "$DELAY each way" || echo "not available, none")"
     echo "sysctls in the namespaces: ${HOL_SYSCTL:-host defaults}"
     echo "tcp: congestion control $CC, tcp_wmem $(ip netns exec "$NSB" sysctl -n net.ipv4.tcp_wmem | tr '\t' ' '), GSO/TSO/GRO off on the veth pair"
     echo "compute workers: $COMPUTE_WORKERS (0 = one per core); extra BFF env: ${BFF_ENV:-none}; nice $NICE"
+    echo "CPUs: $([ "$PIN" = yes ] && echo "compute on CPU $COMPUTE_CPUS; BFF, load generator and echo server on CPU $BFF_CPUS" || echo "not pinned ($NCPU shared)")"
 } | tee "$OUT/setup.txt"
 
 # --- image, compute, echo --------------------------------------------------------------------
 IMAGE=$ROOT/target/bench-hol-image-${IMAGE_MB}mb.jpg
 "$BENCH" image --out "$IMAGE" --mb "$IMAGE_MB"
 
-nice -n "$NICE" ip netns exec "$NSC" env RUST_LOG=warn IMAGEGATE_COMPUTE__WORKERS="$COMPUTE_WORKERS" \
+taskset -c "$COMPUTE_CPUS" nice -n "$NICE" ip netns exec "$NSC" env RUST_LOG=warn IMAGEGATE_COMPUTE__WORKERS="$COMPUTE_WORKERS" \
     "$BIN" compute --listen "$IPC:50051" --metrics-listen "127.0.0.1:9464" >"$OUT/compute.log" 2>&1 &
 COMPUTE_PID=$!
 PIDS+=("$COMPUTE_PID")
-nice -n "$NICE" ip netns exec "$NSC" "$BENCH" echo-server --listen "$IPC:7007" --max-secs 900 >"$OUT/echo.log" 2>&1 &
+taskset -c "$BFF_CPUS" nice -n "$NICE" ip netns exec "$NSC" "$BENCH" echo-server --listen "$IPC:7007" --max-secs 900 >"$OUT/echo.log" 2>&1 &
 PIDS+=("$!")
 
 # Link queue sampler: tbf backlog on each side every 100 ms while the loaded window is open
@@ -234,7 +275,7 @@ sample_queues() { # mode count
     local mode=$1 i ns dev dir
     for i in $(seq "$2"); do
         if [ ! -e "$OUT/$mode.window" ]; then sleep 0.1; continue; fi
-        for side in "$NSB $VB up" "$NSC $VC down"; do
+        for side in "$UP_NS $UP_DEV up" "$DOWN_NS $DOWN_DEV down"; do
             read -r ns dev dir <<<"$side"
             ip netns exec "$ns" tc -s qdisc show dev "$dev" 2>/dev/null |
                 awk -v d="$dir" '/backlog/ && !done {
@@ -267,7 +308,7 @@ RUN_LIMIT=$(awk -v a="$IDLE_SECS" -v b="$WARMUP_SECS" -v c="$LOAD_SECS" 'BEGIN {
 for mode in $MODES; do
     echo "== mode $mode"
     # shellcheck disable=SC2086 # BFF_ENV is a list of VAR=value words
-    nice -n "$NICE" ip netns exec "$NSB" env RUST_LOG=warn IMAGEGATE_MODE="$mode" GRPC_COMPUTE_URL="http://$IPC:50051" \
+    taskset -c "$BFF_CPUS" nice -n "$NICE" ip netns exec "$NSB" env RUST_LOG=warn IMAGEGATE_MODE="$mode" GRPC_COMPUTE_URL="http://$IPC:50051" \
         $BFF_ENV "$BIN" bff --listen 127.0.0.1:8080 >"$OUT/bff-$mode.log" 2>&1 &
     BFF_PID=$!
     PIDS+=("$BFF_PID")
@@ -275,7 +316,7 @@ for mode in $MODES; do
     sample_queues "$mode" "$SAMPLES" &
     SAMPLER=$!
     PIDS+=("$SAMPLER")
-    in_background timeout "$RUN_LIMIT" nice -n "$NICE" ip netns exec "$NSB" "$BENCH" run --label "$mode" \
+    in_background timeout "$RUN_LIMIT" taskset -c "$BFF_CPUS" nice -n "$NICE" ip netns exec "$NSB" "$BENCH" run --label "$mode" \
         --bff http://127.0.0.1:8080 --echo "$IPC:7007" --image "$IMAGE" \
         --clients "$CLIENTS" --quality "$QUALITY" --probe-hz "$PROBE_HZ" --deadline-ms "$DEADLINE_MS" \
         --idle-secs "$IDLE_SECS" --warmup-secs "$WARMUP_SECS" --load-secs "$LOAD_SECS" \
@@ -288,8 +329,8 @@ done
 
 {
     for mode in $MODES; do queue_summary "$mode"; done
-    echo "tc (BFF side):"; ip netns exec "$NSB" tc -s qdisc show dev "$VB"
-    echo "tc (compute side):"; ip netns exec "$NSC" tc -s qdisc show dev "$VC"
+    echo "tc, BFF->compute ($UP_DEV):"; ip netns exec "$UP_NS" tc -s qdisc show dev "$UP_DEV"
+    echo "tc, compute->BFF ($DOWN_DEV):"; ip netns exec "$DOWN_NS" tc -s qdisc show dev "$DOWN_DEV"
     echo "nft drops (compute side, BFF->compute):"; ip netns exec "$NSC" nft list table netdev hol | grep counter
     [ "$LOSS_DIR" = both ] && { echo "nft drops (BFF side, compute->BFF):"; ip netns exec "$NSB" nft list table netdev hol | grep counter; }
     true

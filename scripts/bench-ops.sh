@@ -11,6 +11,7 @@
 #          vs  imagegate op resize in.jpg --width 200 --height 200 --quality 75 -o out.jpg
 #   webp:      vips copy in.jpg out.webp[Q=80]
 #          vs  imagegate op compress in.jpg --format webp --quality 80 -o out.webp
+#   (info)     the thumbnail case again with a WebP source (in.jpg converted by vips, Q80)
 #
 # Fairness: in "pinned" mode both sides run under `taskset -c 0` with VIPS_CONCURRENCY=1, i.e.
 # one thread each on the same core (imagegate's operations are single-threaded per image: the
@@ -120,6 +121,13 @@ run_mode() {
     hyperfine --warmup "$WARMUP" --runs "$RUNS" --style basic --export-csv "$d/webp.csv" \
         -n "vips webp" "env $env_vips $prefix vips copy $IN $d/vips.webp[Q=80]" \
         -n "imagegate webp" "$prefix $BIN op compress $IN --format webp --quality 80 -o $d/ours.webp"
+    # Informational (no target): a thumbnail of a WebP source, where libvips shrinks inside
+    # libwebp's decoder and we decode fully, then pre-shrink + Lanczos3.
+    local in_webp=$WORK/in.webp
+    [ -s "$in_webp" ] || vips copy "$IN" "$in_webp[Q=80]"
+    hyperfine --warmup "$WARMUP" --runs "$RUNS" --style basic --export-csv "$d/thumb-webp.csv" \
+        -n "vipsthumbnail webp" "env $env_vips $prefix vipsthumbnail $in_webp -s 200 -o $d/thumbw-vips.jpg" \
+        -n "imagegate webp" "$prefix $BIN op resize $in_webp --width 200 --height 200 --quality 75 -o $d/thumbw-ours.jpg"
 
     {
         echo
@@ -129,6 +137,8 @@ run_mode() {
         row "thumbnail 200 px, JPEG Q75 ($(vipsheader "$d/thumb-ours.jpg" | sed 's/^[^:]*: //; s/ .*//'))" \
             "$d/thumb.csv" "<= 1.0" "$d/thumb-vips.jpg" "$d/thumb-ours.jpg"
         row "JPEG to WebP Q80 (6000x4000)" "$d/webp.csv" "<= 1.2" "$d/vips.webp" "$d/ours.webp"
+        row "thumbnail 200 px of a 6000x4000 WebP, JPEG Q75" "$d/thumb-webp.csv" "(info)" \
+            "$d/thumbw-vips.jpg" "$d/thumbw-ours.jpg"
     } | tee "$d/table.md"
 }
 
