@@ -21,7 +21,6 @@ use std::time::Duration;
 
 use prometheus::Registry;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
 
 use crate::config::ComputeConfig;
@@ -124,6 +123,10 @@ impl ComputeServer {
             });
         }
 
+        // `Server::tcp_nodelay` only applies to listeners tonic binds itself: set it on the
+        // accepted sockets here, or small responses wait on the client's delayed ACK (~40 ms).
+        let incoming =
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
         let (stop_grpc, grpc_stopped) = tokio::sync::oneshot::channel::<()>();
         let server = Server::builder()
             .initial_stream_window_size(STREAM_WINDOW)
@@ -139,7 +142,7 @@ impl ComputeServer {
             .add_service(grpc_health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+            .serve_with_incoming_shutdown(incoming, async {
                 let _ = grpc_stopped.await;
             });
         tracing::info!(%addr, workers = engine.pool.workers(), "compute listening");
