@@ -202,12 +202,13 @@ shape() { # namespace device
         ip netns exec "$1" tc qdisc add dev "$2" root handle 1: tbf rate "$RATE" burst "$BURST" latency "$QUEUE"
     fi
 }
-drop() { # namespace device: random loss of what arrives on device
+drop() { # namespace device: random loss of what arrives on device, after the shaper
+    # At the IP layer (prerouting): an IFB re-injects packets past the netdev ingress hook.
     ip netns exec "$1" nft -f - <<EOF
-table netdev hol {
-    chain ingress {
-        type filter hook ingress device "$2" priority 0; policy accept;
-        numgen random mod 1000 < $LOSS counter drop
+table inet hol {
+    chain prerouting {
+        type filter hook prerouting priority -300; policy accept;
+        iifname "$2" numgen random mod 1000 < $LOSS counter drop
     }
 }
 EOF
@@ -331,8 +332,8 @@ done
     for mode in $MODES; do queue_summary "$mode"; done
     echo "tc, BFF->compute ($UP_DEV):"; ip netns exec "$UP_NS" tc -s qdisc show dev "$UP_DEV"
     echo "tc, compute->BFF ($DOWN_DEV):"; ip netns exec "$DOWN_NS" tc -s qdisc show dev "$DOWN_DEV"
-    echo "nft drops (compute side, BFF->compute):"; ip netns exec "$NSC" nft list table netdev hol | grep counter
-    [ "$LOSS_DIR" = both ] && { echo "nft drops (BFF side, compute->BFF):"; ip netns exec "$NSB" nft list table netdev hol | grep counter; }
+    echo "nft drops (compute side, BFF->compute):"; ip netns exec "$NSC" nft list table inet hol | grep counter
+    [ "$LOSS_DIR" = both ] && { echo "nft drops (BFF side, compute->BFF):"; ip netns exec "$NSB" nft list table inet hol | grep counter; }
     true
 } >"$OUT/link.txt"
 
