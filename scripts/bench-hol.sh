@@ -119,11 +119,11 @@ if [ -n "${HOL_BIN:-}" ] && [ -n "${HOL_BENCH_BIN:-}" ]; then
     BIN=$HOL_BIN
     BENCH=$HOL_BENCH_BIN
 else
-echo "building (release): imagegate and the hol bench"
-cargo build --release --bin imagegate --bench hol
-BIN=$ROOT/target/release/imagegate
-# The bench binary's hashed name, from cargo itself (a no-op build by now).
-BENCH=$(cargo build --release --bench hol --message-format=json 2>/dev/null | /usr/bin/python3 -c '
+    echo "building (release): imagegate and the hol bench"
+    cargo build --release --bin imagegate --bench hol
+    BIN=$ROOT/target/release/imagegate
+    # The bench binary's hashed name, from cargo itself (a no-op build by now).
+    BENCH=$(cargo build --release --bench hol --message-format=json 2>/dev/null | /usr/bin/python3 -c '
 import json, sys
 for line in sys.stdin:
     try: m = json.loads(line)
@@ -133,7 +133,10 @@ for line in sys.stdin:
         print(m["executable"])
 ' | tail -1)
 fi
-[ -x "$BIN" ] && [ -n "$BENCH" ] && [ -x "$BENCH" ] || { echo "cannot find the built binaries" >&2; exit 1; }
+if [ ! -x "$BIN" ] || [ -z "$BENCH" ] || [ ! -x "$BENCH" ]; then
+    echo "cannot find the built binaries" >&2
+    exit 1
+fi
 
 mkdir -p "$OUT"
 rm -f "$OUT"/*.json "$OUT"/*.log "$OUT"/*.txt "$OUT"/summary.md
@@ -182,10 +185,10 @@ ip link add "$VB" netns "$NSB" type veth peer name "$VC" netns "$NSC"
 ip -n "$NSB" addr add "$IPB/30" dev "$VB"
 ip -n "$NSC" addr add "$IPC/30" dev "$VC"
 for pair in "$NSB $VB" "$NSC $VC"; do
-    set -- $pair
-    ip -n "$1" link set lo up
-    ip -n "$1" link set "$2" up
-    ip netns exec "$1" ethtool -K "$2" tso off gso off gro off >/dev/null 2>&1 || true
+    read -r ns dev <<<"$pair"
+    ip -n "$ns" link set lo up
+    ip -n "$ns" link set "$dev" up
+    ip netns exec "$ns" ethtool -K "$dev" tso off gso off gro off >/dev/null 2>&1 || true
 done
 
 NETEM=no
@@ -218,7 +221,10 @@ if [ "$SHAPE_AT" = ingress ]; then
     # through an IFB device whose tbf is the link's queue. The senders' own qdiscs stay empty,
     # as with a bottleneck out in the network.
     to_ifb() { # namespace veth ifb
-        ip -n "$1" link add "$3" type ifb
+        ip -n "$1" link add "$3" type ifb || {
+            echo "this kernel has no IFB device: run with HOL_SHAPE_AT=egress" >&2
+            exit 1
+        }
         ip -n "$1" link set "$3" up
         ip netns exec "$1" tc qdisc add dev "$2" handle ffff: ingress
         ip netns exec "$1" tc filter add dev "$2" parent ffff: protocol all u32 match u32 0 0 \
@@ -273,8 +279,8 @@ RATE_BYTES_PER_MS=$(awk -v r="$RATE" 'BEGIN {
     m = (u == "gbit") ? 1e9 : (u == "mbit") ? 1e6 : (u == "kbit") ? 1e3 : (u == "bit") ? 1 : 0
     printf "%.3f", (m ? n * m / 8 / 1000 : 12500) }')
 sample_queues() { # mode count
-    local mode=$1 i ns dev dir
-    for i in $(seq "$2"); do
+    local mode=$1 ns dev dir
+    for _ in $(seq "$2"); do
         if [ ! -e "$OUT/$mode.window" ]; then sleep 0.1; continue; fi
         for side in "$UP_NS $UP_DEV up" "$DOWN_NS $DOWN_DEV down"; do
             read -r ns dev dir <<<"$side"
@@ -344,6 +350,7 @@ echo
 cat "$OUT/link.txt"
 if [ -n "$PY" ]; then
     mkdir -p "$(dirname "$PLOT")"
+    # shellcheck disable=SC2086 # MODES is a list of words
     "$PY" scripts/hol-plot.py "$OUT" "$PLOT" $MODES && echo "plot: $PLOT"
 fi
 echo "results: $OUT (setup.txt, summary.md, one JSON per mode, logs)"
