@@ -75,8 +75,12 @@ pub enum Mode {
 pub struct Config {
     /// `bulkhead` or `shared`.
     pub mode: Mode,
-    /// Where the BFF finds compute: `host:port`, `http://host:port`.
+    /// Where the BFF finds compute: `host:port`, `http://host:port`, `https://host:port`, a
+    /// comma-separated list of those (replicas), or `dns://name:port` (every address the
+    /// name resolves to, re-resolved every `resolve_interval`).
     pub compute_url: String,
+    /// TLS from the BFF to compute (`[compute_tls]`).
+    pub compute_tls: ComputeTlsConfig,
     pub bff: BffConfig,
     pub compute: ComputeConfig,
     pub lanes: Lanes,
@@ -129,6 +133,73 @@ pub struct ComputeConfig {
     /// Graceful shutdown: how long in-flight work may take to finish.
     #[serde(with = "humantime_serde")]
     pub drain_timeout: Duration,
+    /// Nice value of the CPU pool's threads (0–19): image work yields the core to the gRPC
+    /// I/O threads, so a busy compute still answers health checks at once.
+    pub cpu_nice: i32,
+    /// Floor of the retransmission timeout on accepted connections (Linux ≥ 6.15;
+    /// `"0s"` = the kernel's 200 ms). See `docs/benchmarks-hol.md`.
+    #[serde(with = "humantime_serde")]
+    pub tcp_rto_min: Duration,
+    /// TLS: PEM certificate chain and private key. Both set = the server speaks TLS only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<String>,
+    /// Mutual TLS: PEM CA bundle; when set, clients must present a certificate it signed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_client_ca: Option<String>,
+}
+
+/// How the BFF's lanes speak TLS to compute (`[compute_tls]`). TLS is on for `https://`
+/// addresses, or for every address (`dns://` included) when `enabled = true`.
+#[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ComputeTlsConfig {
+    pub enabled: bool,
+    /// PEM CA bundle that signs compute's certificate (default: the system's web PKI roots
+    /// are not loaded, so set this for a private CA).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_cert: Option<String>,
+    /// Mutual TLS: the BFF's own PEM certificate chain and private key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cert: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// The name compute's certificate must carry (default: the address's host name).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_name: Option<String>,
+}
+
+impl std::fmt::Debug for ComputeTlsConfig {
+    // Paths only, never key material; still, say which parts are set rather than print them.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ComputeTlsConfig")
+            .field("enabled", &self.enabled)
+            .field("ca_cert", &self.ca_cert)
+            .field("cert", &self.cert)
+            .field("key", &self.key.as_ref().map(|_| "<path set>"))
+            .field("server_name", &self.server_name)
+            .finish()
+    }
+}
+
+impl ComputeTlsConfig {
+    fn validate(&self, errors: &mut Vec<String>) {
+        if self.cert.is_some() != self.key.is_some() {
+            errors.push("compute_tls.cert, compute_tls.key: set both or neither".into());
+        }
+        for (key, path) in [
+            ("ca_cert", &self.ca_cert),
+            ("cert", &self.cert),
+            ("key", &self.key),
+        ] {
+            if let Some(path) = path {
+                if !Path::new(path).is_file() {
+                    errors.push(format!("compute_tls.{key}: no such file {path:?}"));
+                }
+            }
+        }
+    }
 }
 
 /// The lanes: `heavy` and `realtime` always exist; any other table under `[lanes]` is a lane
@@ -204,6 +275,24 @@ pub struct LaneConfig {
     /// How long an open circuit fails fast before a probe call is let through.
     #[serde(with = "humantime_serde")]
     pub circuit_open_for: Duration,
+    /// Replicas: consecutive failed calls (or connects) that eject one compute endpoint from
+    /// the lane's rotation (0 = never eject).
+    pub eject_after: u32,
+    /// How long a first ejection lasts; each further one doubles it up to `eject_max`. After
+    /// it, one probe call is let through: success readmits the endpoint.
+    #[serde(with = "humantime_serde")]
+    pub eject_for: Duration,
+    #[serde(with = "humantime_serde")]
+    pub eject_max: Duration,
+    /// How often a `dns://` address is resolved again (endpoints that appear are added, those
+    /// that vanish are drained).
+    #[serde(with = "humantime_serde")]
+    pub resolve_interval: Duration,
+    /// Floor of TCP's retransmission timeout on the lane's connections (Linux ≥ 6.15;
+    /// `"0s"` = the kernel's 200 ms): a small call that loses its last packet waits this
+    /// long, not 200 ms, before it is resent. See `docs/benchmarks-hol.md`.
+    #[serde(with = "humantime_serde")]
+    pub tcp_rto_min: Duration,
 }
 
 impl LaneConfig {
@@ -238,6 +327,11 @@ impl LaneConfig {
             circuit_failure_rate: 0.5,
             circuit_window: 20,
             circuit_open_for: Duration::from_secs(5),
+            eject_after: 3,
+            eject_for: Duration::from_secs(1),
+            eject_max: Duration::from_secs(30),
+            resolve_interval: Duration::from_secs(5),
+            tcp_rto_min: Duration::from_millis(20),
         }
     }
 
@@ -262,6 +356,11 @@ impl LaneConfig {
             circuit_failure_rate: 0.5,
             circuit_window: 20,
             circuit_open_for: Duration::from_secs(1),
+            eject_after: 3,
+            eject_for: Duration::from_secs(1),
+            eject_max: Duration::from_secs(30),
+            resolve_interval: Duration::from_secs(5),
+            tcp_rto_min: Duration::from_millis(20),
         }
     }
 
@@ -347,6 +446,26 @@ impl LaneConfig {
                 && self.circuit_open_for <= Duration::from_secs(600),
             "circuit_open_for",
             "must be 10ms..=10m",
+        );
+        check(
+            self.eject_for >= Duration::from_millis(10) && self.eject_for <= self.eject_max,
+            "eject_for",
+            "must be at least 10ms and at most eject_max",
+        );
+        check(
+            self.eject_max <= Duration::from_secs(3600),
+            "eject_max",
+            "must be at most 1h",
+        );
+        check(
+            self.resolve_interval >= Duration::from_millis(100),
+            "resolve_interval",
+            "must be at least 100ms",
+        );
+        check(
+            self.tcp_rto_min <= Duration::from_secs(1),
+            "tcp_rto_min",
+            "must be at most 1s (0s = the kernel's default)",
         );
     }
 }
@@ -512,6 +631,7 @@ impl Default for Config {
         Config {
             mode: Mode::Bulkhead,
             compute_url: "http://127.0.0.1:50051".into(),
+            compute_tls: ComputeTlsConfig::default(),
             bff: BffConfig {
                 listen: "127.0.0.1:8080".parse().expect("valid"),
                 workers: 0,
@@ -532,6 +652,11 @@ impl Default for Config {
                 workers: 0,
                 queue_capacity: 64,
                 drain_timeout: Duration::from_secs(30),
+                cpu_nice: 5,
+                tcp_rto_min: Duration::from_millis(20),
+                tls_cert: None,
+                tls_key: None,
+                tls_client_ca: None,
             },
             lanes: Lanes {
                 heavy: LaneConfig::heavy_defaults(),
@@ -644,6 +769,19 @@ impl Config {
         if c.queue_capacity == 0 {
             errors.push("compute.queue_capacity: must be above 0".into());
         }
+        if !(0..=19).contains(&c.cpu_nice) {
+            errors.push("compute.cpu_nice: must be 0..=19".into());
+        }
+        if c.tcp_rto_min > Duration::from_secs(1) {
+            errors.push("compute.tcp_rto_min: must be at most 1s (0s = the kernel's default)".into());
+        }
+        if c.tls_cert.is_some() != c.tls_key.is_some() {
+            errors.push("compute.tls_cert, compute.tls_key: set both or neither".into());
+        }
+        if c.tls_client_ca.is_some() && c.tls_cert.is_none() {
+            errors.push("compute.tls_client_ca: needs compute.tls_cert and compute.tls_key".into());
+        }
+        self.compute_tls.validate(&mut errors);
         self.store.validate(&mut errors);
         for (key, lane) in &self.routes {
             if !is_route_key(key) {
@@ -710,29 +848,10 @@ fn env_provider() -> Figment {
         )
 }
 
-/// Accepts the seed's `host:port` as well as `http://host:port`.
+/// Accepts the seed's `host:port` as well as `http://host:port`, lists and `dns://` names
+/// (see [`crate::dispatch::target`]), and writes it in one canonical form.
 fn normalize_compute_url(url: &str) -> Result<String, String> {
-    let url = url.trim();
-    let with_scheme = if url.contains("://") {
-        url.to_string()
-    } else {
-        format!("http://{url}")
-    };
-    if with_scheme.starts_with("https://") {
-        return Err(format!(
-            "{url:?}: TLS to compute is not supported yet; use http://"
-        ));
-    }
-    if !with_scheme.starts_with("http://") {
-        return Err(format!("{url:?}: expected host:port or http://host:port"));
-    }
-    let uri: http::Uri = with_scheme
-        .parse()
-        .map_err(|e| format!("{url:?} is not a valid address: {e}"))?;
-    if uri.host().is_none() || uri.port_u16().is_none() {
-        return Err(format!("{url:?}: expected host:port"));
-    }
-    Ok(format!("http://{}", uri.authority().expect("has host")))
+    crate::dispatch::target::Target::parse(url).map(|t| t.to_string())
 }
 
 #[cfg(test)]

@@ -107,6 +107,9 @@ impl Reloader {
         if old.compute_url != new.compute_url {
             restart_needed.push("compute_url".into());
         }
+        if old.compute_tls != new.compute_tls {
+            restart_needed.push("compute_tls".into());
+        }
         self.dispatcher.set_limits(&new);
         self.current.store(Arc::new(new));
         Outcome {
@@ -185,6 +188,18 @@ fn diff_lane(
         "connection_window",
     );
     key(old.io_threads != new.io_threads, false, "io_threads");
+    key(
+        (old.eject_after, old.eject_for, old.eject_max)
+            != (new.eject_after, new.eject_for, new.eject_max),
+        true,
+        "eject_*",
+    );
+    key(
+        old.resolve_interval != new.resolve_interval,
+        false,
+        "resolve_interval",
+    );
+    key(old.tcp_rto_min != new.tcp_rto_min, false, "tcp_rto_min");
 }
 
 /// Reloads on every SIGHUP until the process ends.

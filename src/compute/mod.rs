@@ -21,7 +21,8 @@ use std::time::Duration;
 
 use prometheus::Registry;
 use tokio::net::TcpListener;
-use tonic::transport::Server;
+use tokio_stream::StreamExt;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
 use crate::config::ComputeConfig;
 use crate::proto::health_service_server::HealthServiceServer;
@@ -73,7 +74,12 @@ impl ComputeServer {
     ) -> anyhow::Result<()> {
         let c = &self.config;
         let metrics = ComputeMetrics::new(&self.registry);
-        let pool = CpuPool::new(c.workers, c.queue_capacity, metrics.queue_depth.clone())?;
+        let pool = CpuPool::new(
+            c.workers,
+            c.queue_capacity,
+            c.cpu_nice,
+            metrics.queue_depth.clone(),
+        )?;
         let engine = Arc::new(ImageEngine {
             pool,
             limits: Limits {
@@ -125,10 +131,25 @@ impl ComputeServer {
 
         // `Server::tcp_nodelay` only applies to listeners tonic binds itself: set it on the
         // accepted sockets here, or small responses wait on the client's delayed ACK (~40 ms).
-        let incoming =
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+        // The retransmission-timeout floor is set here too (see `sockopt::set_tcp_rto_min`).
+        let rto_min = c.tcp_rto_min;
+        let incoming = tonic::transport::server::TcpIncoming::from(listener)
+            .with_nodelay(Some(true))
+            .map(move |accepted| {
+                static RTO_MIN_UNSUPPORTED: std::sync::Once = std::sync::Once::new();
+                if let Ok(stream) = &accepted {
+                    if let Err(e) = crate::sockopt::set_tcp_rto_min(stream, rto_min) {
+                        crate::sockopt::warn_once(&RTO_MIN_UNSUPPORTED, "compute.tcp_rto_min", &e);
+                    }
+                }
+                accepted
+            });
         let (stop_grpc, grpc_stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = Server::builder()
+        let mut builder = Server::builder();
+        if let Some(tls) = server_tls(c)? {
+            builder = builder.tls_config(tls)?;
+        }
+        let server = builder
             .initial_stream_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW)
             .http2_keepalive_interval(Some(Duration::from_secs(10)))
@@ -164,6 +185,25 @@ impl ComputeServer {
         tracing::info!("compute stopped");
         Ok(())
     }
+}
+
+/// Reads `compute.tls_*` into tonic's server TLS settings (None: plain TCP).
+fn server_tls(c: &ComputeConfig) -> anyhow::Result<Option<ServerTlsConfig>> {
+    let (Some(cert), Some(key)) = (&c.tls_cert, &c.tls_key) else {
+        return Ok(None);
+    };
+    let read = |what: &str, path: &str| {
+        std::fs::read(path).map_err(|e| anyhow::anyhow!("compute.{what}: cannot read {path:?}: {e}"))
+    };
+    let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(
+        read("tls_cert", cert)?,
+        read("tls_key", key)?,
+    ));
+    if let Some(ca) = &c.tls_client_ca {
+        // Mutual TLS: a client without a certificate this CA signed is refused in the handshake.
+        tls = tls.client_ca_root(Certificate::from_pem(read("tls_client_ca", ca)?));
+    }
+    Ok(Some(tls))
 }
 
 /// Binds the configured addresses and serves until a signal (the `imagegate compute` command).

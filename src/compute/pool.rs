@@ -35,10 +35,12 @@ pub struct CpuPool {
 pub struct Slot(#[allow(dead_code)] OwnedSemaphorePermit);
 
 impl CpuPool {
-    /// `workers` threads (0 = one per core) and room for `queue_capacity` waiting jobs.
+    /// `workers` threads (0 = one per core) at nice value `nice`, and room for
+    /// `queue_capacity` waiting jobs.
     pub fn new(
         workers: usize,
         queue_capacity: usize,
+        nice: i32,
         queue_depth: IntGauge,
     ) -> anyhow::Result<Self> {
         let workers = if workers == 0 {
@@ -49,6 +51,12 @@ impl CpuPool {
         let threads = rayon::ThreadPoolBuilder::new()
             .num_threads(workers)
             .thread_name(|i| format!("imagegate-cpu-{i}"))
+            .start_handler(move |_| {
+                static NICE_UNSUPPORTED: std::sync::Once = std::sync::Once::new();
+                if let Err(e) = crate::sockopt::set_current_thread_nice(nice) {
+                    crate::sockopt::warn_once(&NICE_UNSUPPORTED, "compute.cpu_nice", &e);
+                }
+            })
             .build()?;
         let capacity = workers + queue_capacity;
         Ok(CpuPool {
@@ -121,7 +129,7 @@ mod tests {
     use std::time::Duration;
 
     fn pool(workers: usize, queue: usize) -> CpuPool {
-        CpuPool::new(workers, queue, IntGauge::new("q", "q").unwrap()).unwrap()
+        CpuPool::new(workers, queue, 0, IntGauge::new("q", "q").unwrap()).unwrap()
     }
 
     #[tokio::test]

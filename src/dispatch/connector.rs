@@ -1,6 +1,7 @@
 //! The lanes' TCP connector: every real connection a lane makes goes through here, so this is
 //! where open connections and bytes are counted (measured, not echoed from config), socket
-//! options are set, and where TLS will plug in.
+//! options are set (TCP_NODELAY, the retransmission-timeout floor). TLS, when configured,
+//! is layered on top of these streams by tonic, so the bytes counted are the wire's.
 
 use std::future::Future;
 use std::io;
@@ -26,7 +27,11 @@ pub struct ConnectionMetrics {
 pub struct MeteredConnector {
     pub metrics: ConnectionMetrics,
     pub connect_timeout: Duration,
+    /// Floor of the retransmission timeout (`Duration::ZERO` = the kernel's).
+    pub tcp_rto_min: Duration,
 }
+
+static RTO_MIN_UNSUPPORTED: std::sync::Once = std::sync::Once::new();
 
 impl tower::Service<http::Uri> for MeteredConnector {
     type Response = TokioIo<MeteredStream>;
@@ -40,6 +45,7 @@ impl tower::Service<http::Uri> for MeteredConnector {
     fn call(&mut self, uri: http::Uri) -> Self::Future {
         let metrics = self.metrics.clone();
         let timeout = self.connect_timeout;
+        let rto_min = self.tcp_rto_min;
         Box::pin(async move {
             let host = uri
                 .host()
@@ -58,6 +64,9 @@ impl tower::Service<http::Uri> for MeteredConnector {
                 })??;
             // gRPC frames are small writes that must not wait for Nagle.
             stream.set_nodelay(true)?;
+            if let Err(e) = crate::sockopt::set_tcp_rto_min(&stream, rto_min) {
+                crate::sockopt::warn_once(&RTO_MIN_UNSUPPORTED, "lanes.*.tcp_rto_min", &e);
+            }
             metrics.open.inc();
             Ok(TokioIo::new(MeteredStream {
                 inner: stream,

@@ -1,6 +1,7 @@
 //! A bulkhead lane: admission (a resizable permit counter with a bounded wait, then shedding),
-//! a pool of its own TCP connections, per-call deadline sent as grpc-timeout, safe retries with
-//! jittered exponential backoff under a retry budget, and the lane's metrics.
+//! its own TCP connections to each compute replica (the [`Upstream`]), per-call deadline sent
+//! as grpc-timeout, safe retries (on another replica when there is one) with jittered
+//! exponential backoff under a retry budget, and the lane's metrics.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -18,7 +19,7 @@ use tower::retry::budget::{Budget, TpsBudget};
 use super::circuit::{Circuit, Ticket};
 use super::limiter::{Limiter, Permit};
 use super::metrics::{code_name, rejected, LaneMetrics};
-use super::pool::ChannelPool;
+use super::balancer::{Outcome, Picked, Upstream};
 use super::DispatchError;
 use crate::config::LaneConfig;
 
@@ -28,7 +29,7 @@ pub struct Lane {
     config: ArcSwap<LaneConfig>,
     limiter: Arc<Limiter>,
     circuit: Arc<Circuit>,
-    pool: Arc<ChannelPool>,
+    upstream: Arc<Upstream>,
     budget: ArcSwap<TpsBudget>,
     metrics: LaneMetrics,
 }
@@ -54,7 +55,7 @@ impl Lane {
     pub fn new(
         name: &str,
         config: LaneConfig,
-        pool: Arc<ChannelPool>,
+        upstream: Arc<Upstream>,
         metrics: LaneMetrics,
     ) -> Self {
         let limiter = Limiter::new(config.max_in_flight);
@@ -65,7 +66,7 @@ impl Lane {
             circuit: Arc::new(Circuit::new(config.circuit())),
             config: ArcSwap::from_pointee(config),
             limiter,
-            pool,
+            upstream,
             metrics,
         }
     }
@@ -83,8 +84,9 @@ impl Lane {
         &self.metrics
     }
 
-    pub fn pool(&self) -> &Arc<ChannelPool> {
-        &self.pool
+    /// The lane's compute endpoints.
+    pub fn upstream(&self) -> &Arc<Upstream> {
+        &self.upstream
     }
 
     /// Applies new limits (max in flight, queue wait, deadline, retries, budget) to calls
@@ -93,6 +95,7 @@ impl Lane {
     pub fn set_limits(&self, config: LaneConfig) {
         self.limiter.set_limit(config.max_in_flight);
         self.circuit.set_settings(config.circuit());
+        self.upstream.set_eject((&config).into());
         self.metrics.limit.set(config.max_in_flight as i64);
         if config.retry_budget_ratio != self.config.load().retry_budget_ratio {
             self.budget.store(Arc::new(budget_for(&config)));
@@ -155,7 +158,13 @@ impl Lane {
         let _in_flight = self.admit(&config).await?;
         let started = Instant::now();
         let deadline = started + config.deadline;
-        let result = self.with_retries(&config, deadline, request, &call).await;
+        let result = self
+            .with_retries(&config, deadline, request, &call)
+            .await
+            .map(|(response, picked)| {
+                picked.record(Outcome::Answered);
+                response
+            });
         let code = match &result {
             Ok(_) => Code::Ok,
             Err(e) => error_code(e),
@@ -185,7 +194,7 @@ impl Lane {
         let started = Instant::now();
         let deadline = started + config.deadline;
         match self.with_retries(&config, deadline, request, &call).await {
-            Ok(response) => Ok(LaneStream {
+            Ok((response, picked)) => Ok(LaneStream {
                 inner: response.into_inner(),
                 lane: self.name.clone(),
                 deadline: Box::pin(tokio::time::sleep_until(deadline)),
@@ -197,6 +206,7 @@ impl Lane {
                     started,
                     in_flight,
                     ticket,
+                    picked,
                 }),
             }),
             Err(e) => {
@@ -215,7 +225,7 @@ impl Lane {
         deadline: Instant,
         request: Req,
         call: &F,
-    ) -> Result<tonic::Response<Resp>, DispatchError>
+    ) -> Result<(tonic::Response<Resp>, Picked), DispatchError>
     where
         Req: Clone,
         F: Fn(Channel, tonic::Request<Req>) -> Fut,
@@ -224,20 +234,31 @@ impl Lane {
         let budget = self.budget.load_full();
         budget.deposit();
         let mut attempt = 0;
+        // Endpoints this call already failed on: a retry goes elsewhere while it can.
+        let mut tried = Vec::new();
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
                 return Err(self.deadline_exceeded(config));
             }
-            let channel = self.pool.pick().await;
+            let picked = self
+                .upstream
+                .pick(&tried)
+                .await
+                .map_err(DispatchError::Status)?;
             let mut req = tonic::Request::new(request.clone());
             req.set_timeout(remaining);
-            let outcome = tokio::time::timeout_at(deadline, call(channel, req)).await;
+            let outcome = tokio::time::timeout_at(deadline, call(picked.channel.clone(), req)).await;
             let status = match outcome {
-                Err(_) => return Err(self.deadline_exceeded(config)),
-                Ok(Ok(response)) => return Ok(response),
+                Err(_) => {
+                    picked.record(Outcome::Failed);
+                    return Err(self.deadline_exceeded(config));
+                }
+                Ok(Ok(response)) => return Ok((response, picked)),
                 Ok(Err(status)) => status,
             };
+            tried.push(picked.endpoint.clone());
+            picked.record(Outcome::of(status.code()));
             // The server's own deadline timer may answer CANCELLED just as ours fires.
             if matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled)
                 && Instant::now() >= deadline
@@ -306,6 +327,7 @@ struct StreamRecord {
     started: Instant,
     in_flight: InFlight,
     ticket: Ticket,
+    picked: Picked,
 }
 
 fn error_code(e: &DispatchError) -> Code {
@@ -353,6 +375,7 @@ impl<T> LaneStream<T> {
             } else {
                 r.ticket.record(compute_failed(code));
             }
+            r.picked.record(Outcome::of(code));
             drop(r.in_flight);
         }
     }

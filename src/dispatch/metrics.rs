@@ -28,6 +28,18 @@ pub struct LaneMetricFamilies {
     connections: IntGaugeVec,
     bytes_sent: IntCounterVec,
     bytes_received: IntCounterVec,
+    endpoints: IntGaugeVec,
+    ejections: IntCounterVec,
+}
+
+/// A lane's replica set, as the balancer sees it.
+#[derive(Clone)]
+pub struct EndpointMetrics {
+    /// Endpoints in rotation.
+    pub healthy: IntGauge,
+    /// Endpoints ejected after consecutive failures (re-probed with backoff).
+    pub ejected: IntGauge,
+    pub ejections: IntCounter,
 }
 
 /// One lane's metric handles (label `lane` already applied).
@@ -39,6 +51,7 @@ pub struct LaneMetrics {
     pub queue_wait: Histogram,
     pub limit: IntGauge,
     pub connections: ConnectionMetrics,
+    pub endpoints: EndpointMetrics,
 }
 
 impl LaneMetrics {
@@ -144,6 +157,22 @@ impl LaneMetricFamilies {
                 )
                 .expect("valid metric"),
             ),
+            endpoints: register(
+                registry,
+                IntGaugeVec::new(
+                    Opts::new("imagegate_lane_endpoints", "Compute endpoints (replicas) of the lane, by state (healthy, ejected)."),
+                    &["lane", "state"],
+                )
+                .expect("valid metric"),
+            ),
+            ejections: register(
+                registry,
+                IntCounterVec::new(
+                    Opts::new("imagegate_lane_endpoint_ejections_total", "Times an endpoint was taken out of the lane's rotation after consecutive failures."),
+                    lane,
+                )
+                .expect("valid metric"),
+            ),
         }
     }
 
@@ -166,6 +195,11 @@ impl LaneMetricFamilies {
                 open: self.connections.with_label_values(&[label]),
                 bytes_sent: self.bytes_sent.with_label_values(&[label]),
                 bytes_received: self.bytes_received.with_label_values(&[label]),
+            },
+            endpoints: EndpointMetrics {
+                healthy: self.endpoints.with_label_values(&[label, "healthy"]),
+                ejected: self.endpoints.with_label_values(&[label, "ejected"]),
+                ejections: self.ejections.with_label_values(&[label]),
             },
         }
     }

@@ -4,6 +4,9 @@
 //! - [`lane`]: one bulkhead lane (admission, deadline, retries, metrics);
 //! - [`limiter`]: the lane's resizable permit counter;
 //! - [`circuit`]: the lane's circuit breaker;
+//! - [`balancer`]: the lane's compute replicas — least-in-flight choice, ejection of failing
+//!   endpoints, `dns://` re-resolution;
+//! - [`target`]: parsing the compute address (one, a list, or `dns://`);
 //! - [`pool`]: the lane's channels to one compute endpoint (deadpool-managed);
 //! - [`connector`]: the metered TCP connector every connection goes through;
 //! - [`metrics`]: the `imagegate_lane_*` families.
@@ -13,12 +16,14 @@
 //! connection; they keep their own admission limits, so a comparison measures the connection,
 //! not a semaphore. Metrics then say `lane="shared"`.
 
+pub mod balancer;
 pub mod circuit;
 pub mod connector;
 pub mod lane;
 pub mod limiter;
 pub mod metrics;
 pub mod pool;
+pub mod target;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -31,9 +36,10 @@ use crate::config::{Config, Mode};
 use crate::proto::{
     health_service_client::HealthServiceClient, image_service_client::ImageServiceClient,
 };
+use balancer::{Resolver, Upstream};
 use lane::{Lane, LaneStream};
 use metrics::LaneMetricFamilies;
-use pool::ChannelPool;
+use target::Target;
 
 /// Why a call through the dispatcher failed.
 #[derive(Debug, thiserror::Error)]
@@ -98,6 +104,34 @@ pub const HEALTH_CHECK: &str = "compute.HealthService/Check";
 impl Dispatcher {
     /// Builds the lanes from config. Connections are made lazily, on first use.
     pub async fn new(config: &Config, registry: &Registry) -> anyhow::Result<Self> {
+        Self::with_resolver(config, registry, balancer::system_resolver()).await
+    }
+
+    /// As [`Dispatcher::new`], resolving `dns://` addresses with `resolver`.
+    pub async fn with_resolver(
+        config: &Config,
+        registry: &Registry,
+        resolver: Resolver,
+    ) -> anyhow::Result<Self> {
+        let upstream = |name: &str, url: &str, lane: &crate::config::LaneConfig, metrics: &metrics::LaneMetrics, rt: tokio::runtime::Handle| {
+            let target = Target::parse(url).map_err(|why| anyhow::anyhow!("lane {name}: {why}"));
+            let resolver = resolver.clone();
+            let (name, lane, metrics) = (name.to_string(), lane.clone(), metrics.clone());
+            let tls = config.compute_tls.clone();
+            async move {
+                Upstream::new(
+                    &name,
+                    target?,
+                    &lane,
+                    Some(&tls),
+                    metrics.connections.clone(),
+                    metrics.endpoints.clone(),
+                    rt,
+                    resolver,
+                )
+                .await
+            }
+        };
         let families = LaneMetricFamilies::new(registry);
         let mut lanes = HashMap::new();
         let mut runtimes = Vec::new();
@@ -117,15 +151,8 @@ impl Dispatcher {
                     .unwrap_or(shared.max_message_size);
                 let rt = LaneRuntime::new("shared", shared.io_threads)?;
                 let metrics = families.for_lane("shared");
-                let pool = Arc::new(
-                    ChannelPool::new(
-                        &config.compute_url,
-                        &shared,
-                        metrics.connections.clone(),
-                        rt.handle(),
-                    )
-                    .await?,
-                );
+                let pool =
+                    upstream("shared", &config.compute_url, &shared, &metrics, rt.handle()).await?;
                 runtimes.push(rt);
                 Some((pool, metrics))
             }
@@ -137,15 +164,9 @@ impl Dispatcher {
                     let rt = LaneRuntime::new(name, lane_config.io_threads)?;
                     let metrics = families.for_lane(name);
                     let url = lane_config.url.as_deref().unwrap_or(&config.compute_url);
-                    let pool = ChannelPool::new(
-                        url,
-                        lane_config,
-                        metrics.connections.clone(),
-                        rt.handle(),
-                    )
-                    .await?;
+                    let pool = upstream(name, url, lane_config, &metrics, rt.handle()).await?;
                     runtimes.push(rt);
-                    (Arc::new(pool), metrics)
+                    (pool, metrics)
                 }
             };
             lanes.insert(

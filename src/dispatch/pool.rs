@@ -1,4 +1,4 @@
-//! A lane's pool of channels to one compute endpoint: `connections` tonic channels, each
+//! A lane's pool of channels to one compute endpoint (one replica): `connections` tonic channels, each
 //! separately connected (its own TCP connection), managed by deadpool.
 //!
 //! A tonic `Channel` multiplexes many calls over one HTTP/2 connection, so a call does not
@@ -14,8 +14,7 @@ use std::pin::Pin;
 use deadpool::managed::{self, Metrics, Pool, QueueMode, RecycleResult};
 use tonic::transport::{Channel, Endpoint};
 
-use super::connector::{ConnectionMetrics, MeteredConnector};
-use crate::config::LaneConfig;
+use super::connector::MeteredConnector;
 
 /// Spawns a lane's connection tasks on the lane's own runtime, whatever runtime the first
 /// call came from (actix workers are single-threaded; the lanes' I/O must not share them).
@@ -53,41 +52,26 @@ impl managed::Manager for ChannelManager {
 /// `connections` channels to one endpoint, handed out in turn.
 pub struct ChannelPool {
     pool: Pool<ChannelManager>,
-    uri: String,
 }
 
 impl ChannelPool {
-    /// A pool of `config.connections` lazily-connected channels to `uri`.
+    /// A pool of `connections` lazily-connected channels to `endpoint`, each through its own
+    /// clone of `connector`.
     pub async fn new(
-        uri: &str,
-        config: &LaneConfig,
-        metrics: ConnectionMetrics,
-        runtime: tokio::runtime::Handle,
+        endpoint: Endpoint,
+        connector: MeteredConnector,
+        connections: usize,
     ) -> anyhow::Result<Self> {
-        let endpoint = Endpoint::from_shared(uri.to_string())?
-            .executor(LaneExecutor(runtime))
-            .http2_keep_alive_interval(config.keepalive_interval)
-            .keep_alive_timeout(config.keepalive_timeout)
-            .keep_alive_while_idle(true)
-            .initial_stream_window_size(config.stream_window.0 as u32)
-            .initial_connection_window_size(config.connection_window.0 as u32)
-            .tcp_nodelay(true);
         let manager = ChannelManager {
             endpoint,
-            connector: MeteredConnector {
-                metrics,
-                connect_timeout: config.connect_timeout,
-            },
+            connector,
         };
         let pool = Pool::builder(manager)
-            .max_size(config.connections)
+            .max_size(connections)
             .queue_mode(QueueMode::Fifo)
             .build()?;
-        let this = ChannelPool {
-            pool,
-            uri: uri.to_string(),
-        };
-        this.fill(config.connections).await?;
+        let this = ChannelPool { pool };
+        this.fill(connections).await?;
         Ok(this)
     }
 
@@ -114,9 +98,5 @@ impl ChannelPool {
             .await
             .expect("channel manager is infallible and the pool is never closed");
         Channel::clone(&object)
-    }
-
-    pub fn uri(&self) -> &str {
-        &self.uri
     }
 }

@@ -1,0 +1,703 @@
+//! A lane's compute endpoints (replicas) and the choice among them.
+//!
+//! Each endpoint has its own [`ChannelPool`] of `connections` TCP connections. A call goes to
+//! the endpoint with the fewest calls of this lane in flight, ties broken round robin (so an
+//! even load spreads evenly and a slow replica gets less). An endpoint whose calls fail
+//! `eject_after` times in a row (its connection refused, reset, or its calls timing out) is
+//! ejected for `eject_for`, doubling on each further ejection up to `eject_max`; then one
+//! probe call is let through and a success readmits it: a per-endpoint circuit breaker. If
+//! every endpoint is ejected the lane uses them all anyway ("panic mode": trying beats
+//! failing, and the lane's own circuit breaker then decides).
+//!
+//! A `dns://` target is resolved again every `resolve_interval`: new addresses are added,
+//! vanished ones are dropped from the rotation while calls already on them run to their end
+//! (a call holds its endpoint, whose connections close when its last call finishes).
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::time::Instant;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::{Code, Status};
+
+use super::connector::{ConnectionMetrics, MeteredConnector};
+use super::metrics::EndpointMetrics;
+use super::pool::{ChannelPool, LaneExecutor};
+use super::target::{Target, TargetKind};
+use crate::config::{ComputeTlsConfig, LaneConfig};
+
+/// Resolves a name to addresses (the system resolver; tests inject their own).
+pub type Resolver = Arc<
+    dyn Fn(String, u16) -> Pin<Box<dyn Future<Output = std::io::Result<Vec<SocketAddr>>> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// The system's resolver (`getaddrinfo`: `/etc/hosts`, then DNS with resolv.conf's search
+/// domains, as in a Kubernetes pod).
+pub fn system_resolver() -> Resolver {
+    Arc::new(|host, port| {
+        Box::pin(async move {
+            Ok(tokio::net::lookup_host((host.as_str(), port))
+                .await?
+                .collect())
+        })
+    })
+}
+
+/// How a call ended, as far as its endpoint's health is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The endpoint answered (any answer of its own, errors about the input included).
+    Answered,
+    /// Unreachable, reset, broken or too slow.
+    Failed,
+    /// No verdict (the client went away).
+    Abandoned,
+}
+
+impl Outcome {
+    /// The verdict a gRPC status gives on the endpoint that produced it.
+    pub fn of(code: Code) -> Outcome {
+        match code {
+            Code::Unavailable
+            | Code::DeadlineExceeded
+            | Code::Internal
+            | Code::Unknown
+            | Code::DataLoss => Outcome::Failed,
+            Code::Cancelled => Outcome::Abandoned,
+            _ => Outcome::Answered,
+        }
+    }
+}
+
+/// Ejection thresholds (from the lane's config; swappable at run time).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EjectSettings {
+    pub after: u32,
+    pub base: Duration,
+    pub max: Duration,
+}
+
+impl From<&LaneConfig> for EjectSettings {
+    fn from(c: &LaneConfig) -> Self {
+        EjectSettings {
+            after: c.eject_after,
+            base: c.eject_for,
+            max: c.eject_max,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Health {
+    consecutive_failures: u32,
+    /// Ejected until then; after it, one probe call may go.
+    ejected_until: Option<Instant>,
+    /// Ejections since the endpoint was last healthy (the backoff's exponent).
+    ejections: u32,
+    probe_in_flight: bool,
+}
+
+/// One compute replica of a lane.
+pub struct ComputeEndpoint {
+    /// `host:port` as configured, or `ip:port` as resolved.
+    pub address: String,
+    channels: ChannelPool,
+    in_flight: AtomicUsize,
+    health: Mutex<Health>,
+}
+
+impl ComputeEndpoint {
+    fn health(&self) -> std::sync::MutexGuard<'_, Health> {
+        self.health.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// In rotation, or due for its probe.
+    fn available(&self, now: Instant) -> bool {
+        let h = self.health();
+        match h.ejected_until {
+            None => true,
+            Some(until) => until <= now && !h.probe_in_flight,
+        }
+    }
+
+    pub fn is_ejected(&self) -> bool {
+        self.health().ejected_until.is_some()
+    }
+
+    /// Calls of this lane on the endpoint now.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+}
+
+/// Builds the tonic endpoint of one address with the lane's settings.
+#[derive(Clone)]
+struct EndpointTemplate {
+    scheme: &'static str,
+    tls: Option<ClientTlsConfig>,
+    /// For TLS: the name compute's certificate must carry, when it is not the address's host
+    /// (a `dns://` target connects to IPs but verifies the DNS name).
+    server_name: Option<String>,
+    runtime: tokio::runtime::Handle,
+    config: LaneConfig,
+    connector: MeteredConnector,
+}
+
+impl EndpointTemplate {
+    fn endpoint(&self, address: &str) -> anyhow::Result<Endpoint> {
+        let c = &self.config;
+        let mut endpoint = Endpoint::from_shared(format!("{}://{address}", self.scheme))?
+            .executor(LaneExecutor(self.runtime.clone()))
+            .http2_keep_alive_interval(c.keepalive_interval)
+            .keep_alive_timeout(c.keepalive_timeout)
+            .keep_alive_while_idle(true)
+            .initial_stream_window_size(c.stream_window.0 as u32)
+            .initial_connection_window_size(c.connection_window.0 as u32)
+            .tcp_nodelay(true);
+        if let Some(tls) = &self.tls {
+            let mut tls = tls.clone();
+            if let Some(name) = &self.server_name {
+                tls = tls.domain_name(name.clone());
+            }
+            endpoint = endpoint.tls_config(tls)?;
+        }
+        Ok(endpoint)
+    }
+
+    async fn build(&self, address: String) -> anyhow::Result<Arc<ComputeEndpoint>> {
+        let channels = ChannelPool::new(
+            self.endpoint(&address)?,
+            self.connector.clone(),
+            self.config.connections,
+        )
+        .await?;
+        Ok(Arc::new(ComputeEndpoint {
+            address,
+            channels,
+            in_flight: AtomicUsize::new(0),
+            health: Mutex::new(Health::default()),
+        }))
+    }
+}
+
+/// Reads the PEM files of `[compute_tls]` into tonic's client TLS settings.
+pub fn client_tls(config: &ComputeTlsConfig) -> anyhow::Result<ClientTlsConfig> {
+    let read = |key: &str, path: &str| {
+        std::fs::read(path).map_err(|e| anyhow::anyhow!("compute_tls.{key}: cannot read {path:?}: {e}"))
+    };
+    let mut tls = ClientTlsConfig::new();
+    if let Some(ca) = &config.ca_cert {
+        tls = tls.ca_certificate(Certificate::from_pem(read("ca_cert", ca)?));
+    }
+    if let (Some(cert), Some(key)) = (&config.cert, &config.key) {
+        tls = tls.identity(Identity::from_pem(read("cert", cert)?, read("key", key)?));
+    }
+    if let Some(name) = &config.server_name {
+        tls = tls.domain_name(name.clone());
+    }
+    Ok(tls)
+}
+
+/// A lane's replicas and the balancer over them.
+pub struct Upstream {
+    target: Target,
+    template: EndpointTemplate,
+    endpoints: ArcSwap<Vec<Arc<ComputeEndpoint>>>,
+    next: AtomicUsize,
+    eject: ArcSwap<EjectSettings>,
+    metrics: EndpointMetrics,
+}
+
+/// A call's claim on one endpoint: counts it in flight there until recorded or dropped.
+pub struct Picked {
+    pub endpoint: Arc<ComputeEndpoint>,
+    pub channel: Channel,
+    upstream: Arc<Upstream>,
+    probe: bool,
+    done: bool,
+}
+
+impl Picked {
+    /// Reports how the call ended (a dropped claim counts as abandoned).
+    pub fn record(mut self, outcome: Outcome) {
+        self.finish(outcome);
+    }
+
+    fn finish(&mut self, outcome: Outcome) {
+        if std::mem::replace(&mut self.done, true) {
+            return;
+        }
+        self.endpoint.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.upstream.record(&self.endpoint, self.probe, outcome);
+    }
+}
+
+impl Drop for Picked {
+    fn drop(&mut self) {
+        self.finish(Outcome::Abandoned);
+    }
+}
+
+impl Upstream {
+    /// The endpoints of `target` (a `dns://` name is resolved now, then kept fresh by a task
+    /// on `runtime`). A name that does not resolve yet is not an error: the lane starts empty
+    /// and answers UNAVAILABLE until it does, like a compute that is down.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn new(
+        lane: &str,
+        target: Target,
+        config: &LaneConfig,
+        tls: Option<&ComputeTlsConfig>,
+        connections: ConnectionMetrics,
+        metrics: EndpointMetrics,
+        runtime: tokio::runtime::Handle,
+        resolver: Resolver,
+    ) -> anyhow::Result<Arc<Upstream>> {
+        let use_tls = target.https || tls.is_some_and(|t| t.enabled);
+        let tls_config = match (use_tls, tls) {
+            (false, _) => None,
+            (true, Some(t)) => Some(client_tls(t)?),
+            (true, None) => Some(ClientTlsConfig::new()),
+        };
+        let server_name = match (&target.kind, tls.and_then(|t| t.server_name.clone())) {
+            (_, Some(name)) => Some(name),
+            (TargetKind::Dns { host, .. }, None) => Some(host.clone()),
+            (TargetKind::Static(_), None) => None,
+        };
+        let template = EndpointTemplate {
+            scheme: target.scheme(use_tls),
+            tls: tls_config,
+            server_name,
+            runtime: runtime.clone(),
+            config: config.clone(),
+            connector: MeteredConnector {
+                metrics: connections,
+                connect_timeout: config.connect_timeout,
+                tcp_rto_min: config.tcp_rto_min,
+            },
+        };
+        let upstream = Arc::new(Upstream {
+            target: target.clone(),
+            template,
+            endpoints: ArcSwap::from_pointee(Vec::new()),
+            next: AtomicUsize::new(0),
+            eject: ArcSwap::from_pointee(EjectSettings::from(config)),
+            metrics,
+        });
+        match &target.kind {
+            TargetKind::Static(list) => {
+                let mut endpoints = Vec::with_capacity(list.len());
+                for address in list {
+                    endpoints.push(upstream.template.build(address.clone()).await?);
+                }
+                upstream.endpoints.store(Arc::new(endpoints));
+                upstream.publish();
+            }
+            TargetKind::Dns { host, port } => {
+                let first = tokio::time::timeout(
+                    config.connect_timeout.max(Duration::from_secs(1)),
+                    resolver(host.clone(), *port),
+                )
+                .await;
+                match first {
+                    Ok(Ok(addrs)) => upstream.reconcile(&addrs).await,
+                    Ok(Err(e)) => {
+                        tracing::warn!(lane, %host, error = %e, "compute name does not resolve yet")
+                    }
+                    Err(_) => tracing::warn!(lane, %host, "resolving the compute name timed out"),
+                }
+                runtime.spawn(refresh(
+                    Arc::downgrade(&upstream),
+                    lane.to_string(),
+                    host.clone(),
+                    *port,
+                    config.resolve_interval,
+                    resolver,
+                ));
+            }
+        }
+        Ok(upstream)
+    }
+
+    /// The endpoints in the rotation's order (ejected ones included).
+    pub fn endpoints(&self) -> Arc<Vec<Arc<ComputeEndpoint>>> {
+        self.endpoints.load_full()
+    }
+
+    pub fn target(&self) -> &Target {
+        &self.target
+    }
+
+    /// New ejection thresholds, for decisions from now on.
+    pub fn set_eject(&self, settings: EjectSettings) {
+        self.eject.store(Arc::new(settings));
+    }
+
+    /// Chooses the endpoint for a call, avoiding `tried` ones (a retry goes elsewhere) while
+    /// others are available.
+    pub async fn pick(
+        self: &Arc<Self>,
+        tried: &[Arc<ComputeEndpoint>],
+    ) -> Result<Picked, Status> {
+        let endpoint = self.choose(tried).ok_or_else(|| {
+            Status::unavailable(format!(
+                "no compute endpoint: {} resolved to no address",
+                self.target
+            ))
+        })?;
+        let probe = {
+            let mut h = endpoint.health();
+            match h.ejected_until {
+                Some(until) if until <= Instant::now() && !h.probe_in_flight => {
+                    h.probe_in_flight = true;
+                    true
+                }
+                _ => false,
+            }
+        };
+        endpoint.in_flight.fetch_add(1, Ordering::Relaxed);
+        let channel = endpoint.channels.pick().await;
+        Ok(Picked {
+            endpoint,
+            channel,
+            upstream: self.clone(),
+            probe,
+            done: false,
+        })
+    }
+
+    fn choose(&self, tried: &[Arc<ComputeEndpoint>]) -> Option<Arc<ComputeEndpoint>> {
+        let all = self.endpoints.load();
+        if all.is_empty() {
+            return None;
+        }
+        let now = Instant::now();
+        let untried = |e: &&Arc<ComputeEndpoint>| !tried.iter().any(|t| Arc::ptr_eq(t, e));
+        let mut candidates: Vec<&Arc<ComputeEndpoint>> = all
+            .iter()
+            .filter(|e| e.available(now))
+            .filter(untried)
+            .collect();
+        if candidates.is_empty() {
+            candidates = all.iter().filter(|e| e.available(now)).collect();
+        }
+        if candidates.is_empty() {
+            // Panic mode: everything is ejected; spread over all rather than fail.
+            candidates = all.iter().collect();
+        }
+        // Fewest in flight; among equals, the next in turn.
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let n = candidates.len();
+        (0..n)
+            .map(|i| candidates[(start + i) % n])
+            .min_by_key(|e| e.in_flight())
+            .cloned()
+    }
+
+    fn record(&self, endpoint: &ComputeEndpoint, probe: bool, outcome: Outcome) {
+        let settings = **self.eject.load();
+        let now = Instant::now();
+        let mut changed = false;
+        {
+            let mut h = endpoint.health();
+            if probe {
+                h.probe_in_flight = false;
+            }
+            match outcome {
+                Outcome::Answered => {
+                    h.consecutive_failures = 0;
+                    if h.ejected_until.take().is_some() {
+                        h.ejections = 0;
+                        changed = true;
+                        tracing::info!(endpoint = %endpoint.address, "compute endpoint answers again: back in rotation");
+                    }
+                }
+                Outcome::Failed => {
+                    h.consecutive_failures = h.consecutive_failures.saturating_add(1);
+                    let trip = settings.after > 0
+                        && (probe
+                            || (h.ejected_until.is_none()
+                                && h.consecutive_failures >= settings.after));
+                    if trip {
+                        h.ejections = h.ejections.saturating_add(1);
+                        let backoff = settings
+                            .base
+                            .saturating_mul(1 << (h.ejections - 1).min(16))
+                            .min(settings.max);
+                        h.ejected_until = Some(now + backoff);
+                        h.consecutive_failures = 0;
+                        changed = true;
+                        self.metrics.ejections.inc();
+                        tracing::warn!(
+                            endpoint = %endpoint.address,
+                            ?backoff,
+                            "compute endpoint ejected after consecutive failures"
+                        );
+                    }
+                }
+                Outcome::Abandoned => {}
+            }
+        }
+        if changed {
+            self.publish();
+        }
+    }
+
+    fn publish(&self) {
+        let all = self.endpoints.load();
+        let ejected = all.iter().filter(|e| e.is_ejected()).count();
+        self.metrics.ejected.set(ejected as i64);
+        self.metrics.healthy.set((all.len() - ejected) as i64);
+    }
+
+    /// Makes the endpoint set match `addrs`: adds new ones, drops vanished ones (their calls
+    /// in flight finish on connections they hold), keeps the rest with their health.
+    async fn reconcile(&self, addrs: &[SocketAddr]) {
+        let wanted: Vec<String> = {
+            let mut seen = HashSet::new();
+            addrs
+                .iter()
+                .map(SocketAddr::to_string)
+                .filter(|a| seen.insert(a.clone()))
+                .collect()
+        };
+        let current = self.endpoints.load_full();
+        let mut next = Vec::with_capacity(wanted.len());
+        for address in &wanted {
+            match current.iter().find(|e| &e.address == address) {
+                Some(existing) => next.push(existing.clone()),
+                None => match self.template.build(address.clone()).await {
+                    Ok(endpoint) => {
+                        tracing::info!(%address, target = %self.target, "compute endpoint added");
+                        next.push(endpoint);
+                    }
+                    Err(e) => tracing::warn!(%address, error = %e, "cannot add compute endpoint"),
+                },
+            }
+        }
+        for gone in current.iter().filter(|e| !wanted.contains(&e.address)) {
+            tracing::info!(address = %gone.address, in_flight = gone.in_flight(), "compute endpoint removed; draining");
+        }
+        self.endpoints.store(Arc::new(next));
+        self.publish();
+    }
+}
+
+/// Re-resolves a `dns://` target until its lane is gone. A failed or empty answer keeps the
+/// endpoints we have (a DNS hiccup must not empty the lane).
+async fn refresh(
+    upstream: Weak<Upstream>,
+    lane: String,
+    host: String,
+    port: u16,
+    interval: Duration,
+    resolver: Resolver,
+) {
+    loop {
+        tokio::time::sleep(interval).await;
+        let Some(upstream) = upstream.upgrade() else {
+            return;
+        };
+        match tokio::time::timeout(interval.max(Duration::from_secs(1)), resolver(host.clone(), port)).await {
+            Ok(Ok(addrs)) if !addrs.is_empty() => upstream.reconcile(&addrs).await,
+            Ok(Ok(_)) => tracing::warn!(%lane, %host, "compute name resolved to no address; keeping the endpoints we have"),
+            Ok(Err(e)) => tracing::warn!(%lane, %host, error = %e, "re-resolving the compute name failed; keeping the endpoints we have"),
+            Err(_) => tracing::warn!(%lane, %host, "re-resolving the compute name timed out"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::LaneConfig;
+    use prometheus::{IntCounter, IntGauge};
+
+    fn metrics() -> (ConnectionMetrics, EndpointMetrics) {
+        let g = || IntGauge::new("g", "g").unwrap();
+        let c = || IntCounter::new("c", "c").unwrap();
+        (
+            ConnectionMetrics {
+                open: g(),
+                bytes_sent: c(),
+                bytes_received: c(),
+            },
+            EndpointMetrics {
+                healthy: g(),
+                ejected: g(),
+                ejections: c(),
+            },
+        )
+    }
+
+    async fn upstream(target: &str, config: &LaneConfig, resolver: Resolver) -> Arc<Upstream> {
+        let (conn, ep) = metrics();
+        Upstream::new(
+            "test",
+            Target::parse(target).unwrap(),
+            config,
+            None,
+            conn,
+            ep,
+            tokio::runtime::Handle::current(),
+            resolver,
+        )
+        .await
+        .unwrap()
+    }
+
+    fn addresses(u: &Upstream) -> Vec<String> {
+        u.endpoints().iter().map(|e| e.address.clone()).collect()
+    }
+
+    #[tokio::test]
+    async fn an_even_load_goes_round_robin_and_a_busy_endpoint_gets_less() {
+        let config = LaneConfig::heavy_defaults();
+        let u = upstream("a:1,b:2,c:3", &config, system_resolver()).await;
+        let mut counts = std::collections::HashMap::new();
+        for _ in 0..30 {
+            let p = u.pick(&[]).await.unwrap();
+            *counts.entry(p.endpoint.address.clone()).or_insert(0) += 1;
+            p.record(Outcome::Answered);
+        }
+        assert_eq!(counts.values().copied().collect::<Vec<_>>(), vec![10, 10, 10]);
+        // One call held on each; then b and c finish: the next calls avoid busy `a:1`.
+        let held: Vec<Picked> = vec![
+            u.pick(&[]).await.unwrap(),
+            u.pick(&[]).await.unwrap(),
+            u.pick(&[]).await.unwrap(),
+        ];
+        let mut held_on_a = None;
+        for p in held {
+            if p.endpoint.address == "a:1" {
+                held_on_a = Some(p);
+            } else {
+                p.record(Outcome::Answered);
+            }
+        }
+        assert!(held_on_a.is_some(), "three calls went to three endpoints");
+        for _ in 0..4 {
+            let p = u.pick(&[]).await.unwrap();
+            assert_ne!(p.endpoint.address, "a:1");
+            p.record(Outcome::Answered);
+        }
+        drop(held_on_a);
+        assert!(u.endpoints().iter().all(|e| e.in_flight() == 0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn consecutive_failures_eject_and_a_probe_readmits_with_backoff() {
+        let mut config = LaneConfig::heavy_defaults();
+        config.eject_after = 2;
+        config.eject_for = Duration::from_secs(1);
+        config.eject_max = Duration::from_secs(3);
+        let u = upstream("a:1,b:2", &config, system_resolver()).await;
+        let a = u.endpoints()[0].clone();
+        let fail_a = |u: Arc<Upstream>| async move {
+            loop {
+                let p = u.pick(&[]).await.unwrap();
+                if p.endpoint.address == "a:1" {
+                    p.record(Outcome::Failed);
+                    return;
+                }
+                p.record(Outcome::Answered);
+            }
+        };
+        fail_a(u.clone()).await;
+        assert!(!a.is_ejected(), "one failure is not enough");
+        fail_a(u.clone()).await;
+        assert!(a.is_ejected());
+        // While ejected, every call goes to b.
+        for _ in 0..10 {
+            let p = u.pick(&[]).await.unwrap();
+            assert_eq!(p.endpoint.address, "b:2");
+        }
+        // After eject_for, exactly one probe goes to a; its failure doubles the ejection.
+        tokio::time::advance(Duration::from_millis(1001)).await;
+        let probe = loop {
+            let p = u.pick(&[]).await.unwrap();
+            if p.endpoint.address == "a:1" {
+                break p;
+            }
+        };
+        let meanwhile = u.pick(&[]).await.unwrap();
+        assert_eq!(meanwhile.endpoint.address, "b:2", "one probe at a time");
+        probe.record(Outcome::Failed);
+        tokio::time::advance(Duration::from_millis(1500)).await;
+        for _ in 0..4 {
+            assert_eq!(u.pick(&[]).await.unwrap().endpoint.address, "b:2");
+        }
+        tokio::time::advance(Duration::from_millis(600)).await;
+        let probe = loop {
+            let p = u.pick(&[]).await.unwrap();
+            if p.endpoint.address == "a:1" {
+                break p;
+            }
+        };
+        probe.record(Outcome::Answered);
+        assert!(!a.is_ejected(), "a successful probe readmits");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn when_all_are_ejected_calls_still_go_somewhere() {
+        let mut config = LaneConfig::heavy_defaults();
+        config.eject_after = 1;
+        let u = upstream("a:1", &config, system_resolver()).await;
+        u.pick(&[]).await.unwrap().record(Outcome::Failed);
+        assert!(u.endpoints()[0].is_ejected());
+        assert_eq!(u.pick(&[]).await.unwrap().endpoint.address, "a:1");
+    }
+
+    #[tokio::test]
+    async fn a_retry_avoids_the_endpoint_that_just_failed() {
+        let config = LaneConfig::heavy_defaults();
+        let u = upstream("a:1,b:2", &config, system_resolver()).await;
+        for _ in 0..6 {
+            let first = u.pick(&[]).await.unwrap();
+            let tried = vec![first.endpoint.clone()];
+            let retry = u.pick(&tried).await.unwrap();
+            assert_ne!(first.endpoint.address, retry.endpoint.address);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn dns_targets_follow_the_name_and_drain_what_vanishes() {
+        let answer: Arc<Mutex<Vec<SocketAddr>>> =
+            Arc::new(Mutex::new(vec!["10.0.0.1:7".parse().unwrap()]));
+        let seen = answer.clone();
+        let resolver: Resolver = Arc::new(move |host, port| {
+            assert_eq!((host.as_str(), port), ("compute.test", 7));
+            let addrs = seen.lock().unwrap().clone();
+            Box::pin(async move { Ok(addrs) })
+        });
+        let mut config = LaneConfig::heavy_defaults();
+        config.resolve_interval = Duration::from_secs(5);
+        let u = upstream("dns://compute.test:7", &config, resolver).await;
+        assert_eq!(addresses(&u), ["10.0.0.1:7"]);
+        let on_first = u.pick(&[]).await.unwrap();
+
+        *answer.lock().unwrap() = vec!["10.0.0.1:7".parse().unwrap(), "10.0.0.2:7".parse().unwrap()];
+        tokio::time::sleep(Duration::from_millis(5100)).await;
+        assert_eq!(addresses(&u), ["10.0.0.1:7", "10.0.0.2:7"]);
+
+        *answer.lock().unwrap() = vec!["10.0.0.2:7".parse().unwrap()];
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert_eq!(addresses(&u), ["10.0.0.2:7"]);
+        // The call on the vanished endpoint still holds it and can finish.
+        assert_eq!(on_first.endpoint.in_flight(), 1);
+        on_first.record(Outcome::Answered);
+
+        // An empty answer keeps what we have.
+        answer.lock().unwrap().clear();
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert_eq!(addresses(&u), ["10.0.0.2:7"]);
+    }
+}
