@@ -1,8 +1,10 @@
 //! A lane's compute endpoints (replicas) and the choice among them.
 //!
-//! Each endpoint has its own [`ChannelPool`] of `connections` TCP connections. A call goes to
-//! the endpoint with the fewest calls of this lane in flight, ties broken round robin (so an
-//! even load spreads evenly and a slow replica gets less). An endpoint whose calls fail
+//! Each endpoint has its own [`ChannelPool`] of `connections` TCP connections. Calls go round
+//! robin, skipping an endpoint that has more than one call more in flight than the least busy
+//! one: an even load spreads evenly (pure least-in-flight does not: the replica that just
+//! answered is always the least busy, and wins the next call), while a slow or stuck replica,
+//! whose calls pile up, gets no more until it catches up. An endpoint whose calls fail
 //! `eject_after` times in a row (its connection refused, reset, or its calls timing out) is
 //! ejected for `eject_for`, doubling on each further ejection up to `eject_max`; then one
 //! probe call is let through and a success readmits it: a per-endpoint circuit breaker. If
@@ -393,12 +395,14 @@ impl Upstream {
             // Panic mode: everything is ejected; spread over all rather than fail.
             candidates = all.iter().collect();
         }
-        // Fewest in flight; among equals, the next in turn.
+        // The next in turn that is at most one call busier than the least busy.
+        let least = candidates.iter().map(|e| e.in_flight()).min().unwrap_or(0);
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         let n = candidates.len();
         (0..n)
             .map(|i| candidates[(start + i) % n])
-            .min_by_key(|e| e.in_flight())
+            .find(|e| e.in_flight() <= least + 1)
+            .or(candidates.first().copied())
             .cloned()
     }
 
@@ -559,7 +563,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn an_even_load_goes_round_robin_and_a_busy_endpoint_gets_less() {
+    async fn an_even_load_goes_round_robin_and_a_busy_endpoint_is_skipped() {
         let config = LaneConfig::heavy_defaults();
         let u = upstream("a:1,b:2,c:3", &config, system_resolver()).await;
         let mut counts = std::collections::HashMap::new();
@@ -569,21 +573,17 @@ mod tests {
             p.record(Outcome::Answered);
         }
         assert_eq!(counts.values().copied().collect::<Vec<_>>(), vec![10, 10, 10]);
-        // One call held on each; then b and c finish: the next calls avoid busy `a:1`.
-        let held: Vec<Picked> = vec![
-            u.pick(&[]).await.unwrap(),
-            u.pick(&[]).await.unwrap(),
-            u.pick(&[]).await.unwrap(),
-        ];
-        let mut held_on_a = None;
-        for p in held {
+        // Two calls held on each; then b's and c's finish: the next calls skip busy `a:1`.
+        let mut held_on_a = Vec::new();
+        for _ in 0..6 {
+            let p = u.pick(&[]).await.unwrap();
             if p.endpoint.address == "a:1" {
-                held_on_a = Some(p);
+                held_on_a.push(p);
             } else {
                 p.record(Outcome::Answered);
             }
         }
-        assert!(held_on_a.is_some(), "three calls went to three endpoints");
+        assert_eq!(held_on_a.len(), 2, "six calls went round robin");
         for _ in 0..4 {
             let p = u.pick(&[]).await.unwrap();
             assert_ne!(p.endpoint.address, "a:1");

@@ -19,10 +19,23 @@ pub struct Compute {
     pub addr: SocketAddr,
     pub metrics_addr: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
+    kill: Option<oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl Compute {
+    /// Stops the server abruptly, as SIGKILL would: no drain, its connections just close.
+    pub fn kill(mut self) {
+        // Keep the graceful-stop sender alive: dropping it would start a drain.
+        let _stop = self.stop.take();
+        if let Some(kill) = self.kill.take() {
+            let _ = kill.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
@@ -68,6 +81,7 @@ pub fn start_compute_at(
 ) -> Compute {
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let (kill_tx, kill_rx) = oneshot::channel::<()>();
     let thread = std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -87,19 +101,23 @@ pub fn start_compute_at(
             if let Some(hook) = hook {
                 server = server.with_call_hook(hook);
             }
-            server
-                .serve(listener, Some(metrics), async {
-                    let _ = stop_rx.await;
-                })
-                .await
-                .unwrap();
+            let serve = server.serve(listener, Some(metrics), async {
+                let _ = stop_rx.await;
+            });
+            tokio::select! {
+                result = serve => result.unwrap(),
+                Ok(()) = kill_rx => {}
+            }
         });
+        // Killed: every connection task dies with the runtime, mid-call or not.
+        rt.shutdown_background();
     });
     let (addr, metrics_addr) = ready_rx.recv_timeout(Duration::from_secs(30)).unwrap();
     Compute {
         addr,
         metrics_addr,
         stop: Some(stop_tx),
+        kill: Some(kill_tx),
         thread: Some(thread),
     }
 }
