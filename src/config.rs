@@ -773,7 +773,8 @@ impl Config {
             errors.push("compute.cpu_nice: must be 0..=19".into());
         }
         if c.tcp_rto_min > Duration::from_secs(1) {
-            errors.push("compute.tcp_rto_min: must be at most 1s (0s = the kernel's default)".into());
+            errors
+                .push("compute.tcp_rto_min: must be at most 1s (0s = the kernel's default)".into());
         }
         if c.tls_cert.is_some() != c.tls_key.is_some() {
             errors.push("compute.tls_cert, compute.tls_key: set both or neither".into());

@@ -32,7 +32,7 @@ pub mod dispatch;
 pub mod edge;
 pub mod metrics;
 pub mod proto;
-pub mod sockopt;
 pub mod reload;
 pub mod shutdown;
+pub mod sockopt;
 pub mod store;

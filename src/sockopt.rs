@@ -85,9 +85,9 @@ pub fn set_current_thread_nice(nice: i32) -> io::Result<()> {
 
 /// Logs a best-effort knob's failure once per process and knob, at warn level.
 pub fn warn_once(once: &'static std::sync::Once, what: &str, err: &io::Error) {
-    once.call_once(|| {
-        tracing::warn!(error = %err, "{what} not applied; the system default stays in force")
-    });
+    once.call_once(
+        || tracing::warn!(error = %err, "{what} not applied; the system default stays in force"),
+    );
 }
 
 #[cfg(all(test, target_os = "linux"))]

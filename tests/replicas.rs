@@ -145,7 +145,12 @@ async fn three_replicas_share_an_even_load_within_ten_percent() {
     }
     // Each replica saw the lane's own connections: `connections` per replica.
     for log in &logs {
-        assert_eq!(log.peers("Compress").len(), 2, "{:?}", log.peers("Compress"));
+        assert_eq!(
+            log.peers("Compress").len(),
+            2,
+            "{:?}",
+            log.peers("Compress")
+        );
     }
 }
 
@@ -199,7 +204,12 @@ async fn a_killed_replica_loses_its_share_and_wins_it_back_after_restart() {
         .await
         .unwrap();
     assert!(
-        metric(&text, "imagegate_lane_endpoint_ejections_total{lane=\"heavy\"}").unwrap() >= 1.0,
+        metric(
+            &text,
+            "imagegate_lane_endpoint_ejections_total{lane=\"heavy\"}"
+        )
+        .unwrap()
+            >= 1.0,
         "the dead replica was never ejected"
     );
     assert!(load.total() > at_kill);
@@ -208,7 +218,9 @@ async fn a_killed_replica_loses_its_share_and_wins_it_back_after_restart() {
     let back = CallLog::default();
     let _restarted = start_compute_at(victim_addr, compute_config(), Some(back.hook()));
     assert!(
-        eventually(Duration::from_secs(30), async || back.count("Compress") >= 10).await,
+        eventually(Duration::from_secs(30), async || back.count("Compress")
+            >= 10)
+        .await,
         "the restarted replica never got traffic back"
     );
     let statuses = load.stop().await;
@@ -226,7 +238,10 @@ async fn a_killed_replica_loses_its_share_and_wins_it_back_after_restart() {
         Some(0.0)
     );
     assert_eq!(
-        metric(&text, "imagegate_lane_endpoints{lane=\"heavy\",state=\"healthy\"}"),
+        metric(
+            &text,
+            "imagegate_lane_endpoints{lane=\"heavy\",state=\"healthy\"}"
+        ),
         Some(3.0)
     );
 }
@@ -240,7 +255,9 @@ struct HostsEntry {
 impl HostsEntry {
     fn add(name: &str, ip: &str) -> std::io::Result<()> {
         use std::io::Write;
-        let mut f = std::fs::OpenOptions::new().append(true).open("/etc/hosts")?;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open("/etc/hosts")?;
         writeln!(f, "{ip} {name}")
     }
 }
@@ -315,7 +332,10 @@ async fn a_dns_name_that_gains_an_address_is_picked_up() {
         .await
         .unwrap();
     assert_eq!(
-        metric(&text, "imagegate_lane_endpoints{lane=\"heavy\",state=\"healthy\"}"),
+        metric(
+            &text,
+            "imagegate_lane_endpoints{lane=\"heavy\",state=\"healthy\"}"
+        ),
         Some(2.0)
     );
     drop(first);

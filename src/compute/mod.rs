@@ -193,7 +193,8 @@ fn server_tls(c: &ComputeConfig) -> anyhow::Result<Option<ServerTlsConfig>> {
         return Ok(None);
     };
     let read = |what: &str, path: &str| {
-        std::fs::read(path).map_err(|e| anyhow::anyhow!("compute.{what}: cannot read {path:?}: {e}"))
+        std::fs::read(path)
+            .map_err(|e| anyhow::anyhow!("compute.{what}: cannot read {path:?}: {e}"))
     };
     let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(
         read("tls_cert", cert)?,

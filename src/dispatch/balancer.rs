@@ -193,7 +193,8 @@ impl EndpointTemplate {
 /// Reads the PEM files of `[compute_tls]` into tonic's client TLS settings.
 pub fn client_tls(config: &ComputeTlsConfig) -> anyhow::Result<ClientTlsConfig> {
     let read = |key: &str, path: &str| {
-        std::fs::read(path).map_err(|e| anyhow::anyhow!("compute_tls.{key}: cannot read {path:?}: {e}"))
+        std::fs::read(path)
+            .map_err(|e| anyhow::anyhow!("compute_tls.{key}: cannot read {path:?}: {e}"))
     };
     let mut tls = ClientTlsConfig::new();
     if let Some(ca) = &config.ca_cert {
@@ -345,10 +346,7 @@ impl Upstream {
 
     /// Chooses the endpoint for a call, avoiding `tried` ones (a retry goes elsewhere) while
     /// others are available.
-    pub async fn pick(
-        self: &Arc<Self>,
-        tried: &[Arc<ComputeEndpoint>],
-    ) -> Result<Picked, Status> {
+    pub async fn pick(self: &Arc<Self>, tried: &[Arc<ComputeEndpoint>]) -> Result<Picked, Status> {
         let endpoint = self.choose(tried).ok_or_else(|| {
             Status::unavailable(format!(
                 "no compute endpoint: {} resolved to no address",
@@ -510,10 +508,19 @@ async fn refresh(
         let Some(upstream) = upstream.upgrade() else {
             return;
         };
-        match tokio::time::timeout(interval.max(Duration::from_secs(1)), resolver(host.clone(), port)).await {
+        match tokio::time::timeout(
+            interval.max(Duration::from_secs(1)),
+            resolver(host.clone(), port),
+        )
+        .await
+        {
             Ok(Ok(addrs)) if !addrs.is_empty() => upstream.reconcile(&addrs).await,
-            Ok(Ok(_)) => tracing::warn!(%lane, %host, "compute name resolved to no address; keeping the endpoints we have"),
-            Ok(Err(e)) => tracing::warn!(%lane, %host, error = %e, "re-resolving the compute name failed; keeping the endpoints we have"),
+            Ok(Ok(_)) => {
+                tracing::warn!(%lane, %host, "compute name resolved to no address; keeping the endpoints we have")
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(%lane, %host, error = %e, "re-resolving the compute name failed; keeping the endpoints we have")
+            }
             Err(_) => tracing::warn!(%lane, %host, "re-resolving the compute name timed out"),
         }
     }
@@ -572,7 +579,10 @@ mod tests {
             *counts.entry(p.endpoint.address.clone()).or_insert(0) += 1;
             p.record(Outcome::Answered);
         }
-        assert_eq!(counts.values().copied().collect::<Vec<_>>(), vec![10, 10, 10]);
+        assert_eq!(
+            counts.values().copied().collect::<Vec<_>>(),
+            vec![10, 10, 10]
+        );
         // Two calls held on each; then b's and c's finish: the next calls skip busy `a:1`.
         let mut held_on_a = Vec::new();
         for _ in 0..6 {
@@ -684,7 +694,8 @@ mod tests {
         assert_eq!(addresses(&u), ["10.0.0.1:7"]);
         let on_first = u.pick(&[]).await.unwrap();
 
-        *answer.lock().unwrap() = vec!["10.0.0.1:7".parse().unwrap(), "10.0.0.2:7".parse().unwrap()];
+        *answer.lock().unwrap() =
+            vec!["10.0.0.1:7".parse().unwrap(), "10.0.0.2:7".parse().unwrap()];
         tokio::time::sleep(Duration::from_millis(5100)).await;
         assert_eq!(addresses(&u), ["10.0.0.1:7", "10.0.0.2:7"]);
 

@@ -16,10 +16,10 @@ use tonic::transport::Channel;
 use tonic::{Code, Status};
 use tower::retry::budget::{Budget, TpsBudget};
 
+use super::balancer::{Outcome, Picked, Upstream};
 use super::circuit::{Circuit, Ticket};
 use super::limiter::{Limiter, Permit};
 use super::metrics::{code_name, rejected, LaneMetrics};
-use super::balancer::{Outcome, Picked, Upstream};
 use super::DispatchError;
 use crate::config::LaneConfig;
 
@@ -248,7 +248,8 @@ impl Lane {
                 .map_err(DispatchError::Status)?;
             let mut req = tonic::Request::new(request.clone());
             req.set_timeout(remaining);
-            let outcome = tokio::time::timeout_at(deadline, call(picked.channel.clone(), req)).await;
+            let outcome =
+                tokio::time::timeout_at(deadline, call(picked.channel.clone(), req)).await;
             let status = match outcome {
                 Err(_) => {
                     picked.record(Outcome::Failed);

@@ -113,7 +113,11 @@ impl Dispatcher {
         registry: &Registry,
         resolver: Resolver,
     ) -> anyhow::Result<Self> {
-        let upstream = |name: &str, url: &str, lane: &crate::config::LaneConfig, metrics: &metrics::LaneMetrics, rt: tokio::runtime::Handle| {
+        let upstream = |name: &str,
+                        url: &str,
+                        lane: &crate::config::LaneConfig,
+                        metrics: &metrics::LaneMetrics,
+                        rt: tokio::runtime::Handle| {
             let target = Target::parse(url).map_err(|why| anyhow::anyhow!("lane {name}: {why}"));
             let resolver = resolver.clone();
             let (name, lane, metrics) = (name.to_string(), lane.clone(), metrics.clone());
@@ -151,8 +155,14 @@ impl Dispatcher {
                     .unwrap_or(shared.max_message_size);
                 let rt = LaneRuntime::new("shared", shared.io_threads)?;
                 let metrics = families.for_lane("shared");
-                let pool =
-                    upstream("shared", &config.compute_url, &shared, &metrics, rt.handle()).await?;
+                let pool = upstream(
+                    "shared",
+                    &config.compute_url,
+                    &shared,
+                    &metrics,
+                    rt.handle(),
+                )
+                .await?;
                 runtimes.push(rt);
                 Some((pool, metrics))
             }

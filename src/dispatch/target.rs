@@ -115,7 +115,10 @@ fn split_host_port(text: &str) -> Option<(String, u16)> {
     if uri.path() != "/" && !uri.path().is_empty() {
         return None;
     }
-    let host = authority.host().trim_start_matches('[').trim_end_matches(']');
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
     let port = authority.port_u16()?;
     if host.is_empty() || authority.as_str().contains('@') {
         return None;
@@ -138,10 +141,7 @@ mod tests {
         assert!(!t.https);
         assert_eq!(t.to_string(), "http://compute:50051");
         let t = Target::parse("http://127.0.0.1:1, http://127.0.0.1:2,127.0.0.1:3").unwrap();
-        assert_eq!(
-            t.kind,
-            stat(&["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"])
-        );
+        assert_eq!(t.kind, stat(&["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"]));
         assert_eq!(
             t.to_string(),
             "http://127.0.0.1:1,http://127.0.0.1:2,http://127.0.0.1:3"
@@ -184,7 +184,10 @@ mod tests {
             ",",
         ] {
             let err = Target::parse(bad).unwrap_err();
-            assert!(err.contains("expected") || err.contains("scheme"), "{bad:?}: {err}");
+            assert!(
+                err.contains("expected") || err.contains("scheme"),
+                "{bad:?}: {err}"
+            );
         }
     }
 }
