@@ -112,6 +112,16 @@ pub struct BffConfig {
     /// How long a client may take to send its request headers.
     #[serde(with = "humantime_serde")]
     pub client_request_timeout: Duration,
+    /// How long a request body may go without a new byte arriving before it is answered 408
+    /// (a stalled or abandoned upload): idle time between chunks, not the whole upload's.
+    #[serde(with = "humantime_serde")]
+    pub body_read_timeout: Duration,
+    /// API keys (`Authorization: Bearer <key>` or `X-API-Key: <key>`); empty = auth off.
+    /// A TOML list or one comma-separated string; `Debug` redacts them.
+    pub api_keys: crate::edge::auth::ApiKeys,
+    /// Where `/metrics` and `/admin/reload` are served instead of `listen` (unset: on `listen`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_listen: Option<SocketAddr>,
     /// Graceful shutdown: how long in-flight requests may take to finish.
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
@@ -642,6 +652,9 @@ impl Default for Config {
                 max_fields: 64,
                 health_timeout: Duration::from_secs(1),
                 client_request_timeout: Duration::from_secs(10),
+                body_read_timeout: Duration::from_secs(30),
+                api_keys: Default::default(),
+                admin_listen: None,
                 shutdown_timeout: Duration::from_secs(30),
             },
             compute: ComputeConfig {
@@ -758,6 +771,15 @@ impl Config {
         }
         if b.max_field_size < Size(16) {
             errors.push("bff.max_field_size: must be at least 16 bytes".into());
+        }
+        if !(Duration::from_millis(10)..=Duration::from_secs(3600)).contains(&b.body_read_timeout) {
+            errors.push("bff.body_read_timeout: must be 10ms..=1h".into());
+        }
+        b.api_keys.validate(&mut errors);
+        if b.admin_listen
+            .is_some_and(|a| a == b.listen && a.port() != 0)
+        {
+            errors.push("bff.admin_listen: must differ from bff.listen".into());
         }
         let c = &self.compute;
         if c.max_pixels == 0 {

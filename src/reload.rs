@@ -4,6 +4,11 @@
 //! config is refused with a message naming the key, and the old one stays in force.
 //! Settings that shape connections or listeners (connections, windows, keepalive, message
 //! sizes, addresses, mode, routes) need a restart; a reload that changes them says so.
+//!
+//! In `[bff]`, the API keys, the intake limits and the body and health timeouts are live:
+//! the edge reads them from [`Reloader::current`] on every request. Listeners, workers,
+//! the header timeout and the shutdown timeout are fixed when the server starts. A reload
+//! names changed keys, never their values (the API keys are secrets).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -110,6 +115,7 @@ impl Reloader {
         if old.compute_tls != new.compute_tls {
             restart_needed.push("compute_tls".into());
         }
+        diff_bff(&old.bff, &new.bff, &mut applied, &mut restart_needed);
         self.dispatcher.set_limits(&new);
         self.current.store(Arc::new(new));
         Outcome {
@@ -200,6 +206,66 @@ fn diff_lane(
         "resolve_interval",
     );
     key(old.tcp_rto_min != new.tcp_rto_min, false, "tcp_rto_min");
+}
+
+fn diff_bff(
+    old: &crate::config::BffConfig,
+    new: &crate::config::BffConfig,
+    applied: &mut Vec<String>,
+    restart: &mut Vec<String>,
+) {
+    let mut key = |changed: bool, live: bool, field: &str| {
+        if changed {
+            let k = format!("bff.{field}");
+            if live {
+                applied.push(k);
+            } else {
+                restart.push(k);
+            }
+        }
+    };
+    key(old.api_keys != new.api_keys, true, "api_keys");
+    key(
+        old.body_read_timeout != new.body_read_timeout,
+        true,
+        "body_read_timeout",
+    );
+    key(
+        old.max_file_size != new.max_file_size,
+        true,
+        "max_file_size",
+    );
+    key(
+        old.max_request_size != new.max_request_size,
+        true,
+        "max_request_size",
+    );
+    key(old.max_files != new.max_files, true, "max_files");
+    key(
+        old.max_field_size != new.max_field_size,
+        true,
+        "max_field_size",
+    );
+    key(old.max_fields != new.max_fields, true, "max_fields");
+    key(
+        old.health_timeout != new.health_timeout,
+        true,
+        "health_timeout",
+    );
+    // `listen` is left out: `imagegate bff --listen` overrides the file, so the re-read value
+    // would differ on every reload without anything having changed.
+    key(old.admin_listen != new.admin_listen, false, "admin_listen");
+    key(old.workers != new.workers, false, "workers");
+    key(
+        old.client_request_timeout != new.client_request_timeout,
+        false,
+        "client_request_timeout",
+    );
+    key(
+        old.shutdown_timeout != new.shutdown_timeout,
+        false,
+        "shutdown_timeout",
+    );
 }
 
 /// Reloads on every SIGHUP until the process ends.

@@ -5,12 +5,19 @@
 //! client's Content-Type) are checked while streaming, so a bad upload is refused before the
 //! rest of it is read. After refusing, the rest of the body is read and dropped up to a cap,
 //! so the client sees the answer instead of a connection reset.
+//!
+//! A body that stops arriving (no byte for `bff.body_read_timeout`) is answered 408 at once
+//! and not drained; a client that disconnects mid-body ends the read with an error. Either way
+//! the handler returns and everything buffered is dropped with it. No lane permit is held
+//! here: handlers ask the dispatcher for one only after the whole form has been read, so a
+//! slow client costs a connection and its buffer, never a slot of the bulkhead.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use actix_multipart::Multipart;
 use actix_web::error::PayloadError;
@@ -30,6 +37,8 @@ pub struct Limits {
     pub max_files: usize,
     pub max_field: usize,
     pub max_fields: usize,
+    /// Longest wait for the next chunk of the body (408 after it).
+    pub body_read_timeout: Duration,
 }
 
 impl Limits {
@@ -40,6 +49,7 @@ impl Limits {
             max_files: c.max_files,
             max_field: c.max_field_size.as_usize(),
             max_fields: c.max_fields,
+            body_read_timeout: c.body_read_timeout,
         }
     }
 }
@@ -85,12 +95,57 @@ impl Form {
     }
 }
 
-/// The request body, shared between the multipart parser and the drain, and counted.
+/// The request body, shared between the multipart parser and the drain, counted and timed.
 #[derive(Clone)]
 struct CountedBody {
     payload: Rc<RefCell<web::Payload>>,
     read: Rc<RefCell<usize>>,
     max: usize,
+    idle: Rc<RefCell<IdleTimer>>,
+}
+
+/// Fires when no chunk has arrived for `limit`. The timer is re-armed lazily, from the time
+/// of the last chunk, only when it fires or when the body is waited on: a fast upload's
+/// thousands of chunks cost an `Instant::now()` each, not a timer reset each.
+struct IdleTimer {
+    limit: Duration,
+    last_chunk: tokio::time::Instant,
+    sleep: Pin<Box<tokio::time::Sleep>>,
+    expired: bool,
+}
+
+impl IdleTimer {
+    fn new(limit: Duration) -> Self {
+        let now = tokio::time::Instant::now();
+        IdleTimer {
+            limit,
+            last_chunk: now,
+            sleep: Box::pin(tokio::time::sleep_until(now + limit)),
+            expired: false,
+        }
+    }
+
+    /// Ready once `limit` has passed since the last chunk; registers a wake-up otherwise.
+    fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if !self.expired {
+            let deadline = self.last_chunk + self.limit;
+            if self.sleep.deadline() != deadline {
+                self.sleep.as_mut().reset(deadline);
+            }
+            if std::future::Future::poll(self.sleep.as_mut(), cx).is_pending() {
+                return Poll::Pending;
+            }
+            self.expired = true;
+        }
+        Poll::Ready(())
+    }
+}
+
+fn body_timed_out() -> PayloadError {
+    PayloadError::Io(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        "the request body stopped arriving",
+    ))
 }
 
 impl Stream for CountedBody {
@@ -98,7 +153,7 @@ impl Stream for CountedBody {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
-        let polled = Pin::new(&mut *this.payload.borrow_mut()).poll_next(cx);
+        let polled = this.poll_chunk(cx);
         if let Poll::Ready(Some(Ok(chunk))) = &polled {
             let mut read = this.read.borrow_mut();
             *read += chunk.len();
@@ -111,18 +166,49 @@ impl Stream for CountedBody {
 }
 
 impl CountedBody {
+    fn new(payload: web::Payload, limits: &Limits) -> Self {
+        CountedBody {
+            payload: Rc::new(RefCell::new(payload)),
+            read: Rc::new(RefCell::new(0)),
+            max: limits.max_request,
+            idle: Rc::new(RefCell::new(IdleTimer::new(limits.body_read_timeout))),
+        }
+    }
+
+    /// The next chunk of the body, or a timeout error once it has been idle too long.
+    fn poll_chunk(&self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, PayloadError>>> {
+        let mut idle = self.idle.borrow_mut();
+        if idle.expired {
+            return Poll::Ready(Some(Err(body_timed_out())));
+        }
+        match Pin::new(&mut *self.payload.borrow_mut()).poll_next(cx) {
+            Poll::Ready(Some(Ok(chunk))) => {
+                idle.last_chunk = tokio::time::Instant::now();
+                Poll::Ready(Some(Ok(chunk)))
+            }
+            Poll::Pending => match idle.poll_expired(cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err(body_timed_out()))),
+                Poll::Pending => Poll::Pending,
+            },
+            done => done,
+        }
+    }
+
     fn over_limit(&self) -> bool {
         *self.read.borrow() > self.max
+    }
+
+    fn timed_out(&self) -> bool {
+        self.idle.borrow().expired
     }
 
     /// Reads and drops what is left of the body, up to `cap` more bytes.
     async fn drain(&self, cap: usize) {
         let mut drained = 0usize;
         loop {
-            let next = futures_util::future::poll_fn(|cx| {
-                Pin::new(&mut *self.payload.borrow_mut()).poll_next(cx)
-            })
-            .await;
+            // Through the idle timer: a client that stalls after its refusal must not keep
+            // this handler waiting forever.
+            let next = futures_util::future::poll_fn(|cx| self.poll_chunk(cx)).await;
             match next {
                 Some(Ok(chunk)) => {
                     drained += chunk.len();
@@ -134,6 +220,13 @@ impl CountedBody {
             }
         }
     }
+}
+
+fn body_timeout(limits: &Limits) -> Problem {
+    Problem::body_timeout(format!(
+        "no part of the request body arrived for {:?}; the request was abandoned",
+        limits.body_read_timeout
+    ))
 }
 
 fn too_large_request(limits: &Limits) -> Problem {
@@ -159,15 +252,16 @@ pub async fn read_form(
     if declared.is_some_and(|n| n > limits.max_request as u64) {
         return Err(too_large_request(&limits));
     }
-    let body = CountedBody {
-        payload: Rc::new(RefCell::new(payload)),
-        read: Rc::new(RefCell::new(0)),
-        max: limits.max_request,
-    };
+    let body = CountedBody::new(payload, &limits);
     let mut multipart = Multipart::new(req.headers(), body.clone());
     let result = read_parts(&mut multipart, &body, limits, spec).await;
+    drop(multipart);
+    if body.timed_out() {
+        // Whatever went wrong first, a stalled body is the answer; and draining a body that
+        // does not come would only wait again. Actix closes the connection after the 408.
+        return Err(body_timeout(&limits));
+    }
     if result.is_err() {
-        drop(multipart);
         body.drain(limits.max_request).await;
     }
     result
@@ -180,7 +274,9 @@ async fn read_parts(
     spec: &FormSpec,
 ) -> Result<Form, Problem> {
     let malformed = |e: actix_multipart::MultipartError| {
-        if body.over_limit() {
+        if body.timed_out() {
+            body_timeout(&limits)
+        } else if body.over_limit() {
             too_large_request(&limits)
         } else {
             Problem::bad_request(format!("malformed multipart/form-data body: {e}"))

@@ -1,14 +1,19 @@
 //! The HTTP edge: an Actix-web server with the routes of CONTRACT §2.
 //!
 //! - [`routes`]: handlers, from multipart in to image or SSE out;
+//! - [`auth`]: optional API keys, checked on the request head before any body is read;
 //! - [`intake`]: streaming multipart with limits and magic-byte sniffing;
 //! - [`params`]: form fields → gRPC requests;
 //! - [`problem`]: errors → RFC 9457 problem+json, in one place;
 //! - [`uploads`]: upload-and-store and serving stored images back.
 //!
+//! `/metrics` and `/admin/reload` are served on the main listener, or on `bff.admin_listen`
+//! when that is set (and then answer 404 on the main one).
+//!
 //! The [`Dispatcher`] is built once, outside the per-worker app factory, and shared: state
 //! built inside the factory would be multiplied by the worker count, and so would its limits.
 
+pub mod auth;
 pub mod intake;
 pub mod params;
 pub mod problem;
@@ -19,7 +24,9 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
 
-use actix_web::dev::Service;
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::middleware::{from_fn, Next};
 use actix_web::{web, App, HttpServer};
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 
@@ -30,6 +37,8 @@ use crate::store::Store;
 
 /// Shared by every worker.
 pub struct AppState {
+    /// The configuration the server started with. Settings that a reload may change (API
+    /// keys, intake limits, timeouts) are read from [`crate::reload::Reloader::current`].
     pub config: Arc<Config>,
     pub dispatcher: Arc<Dispatcher>,
     pub registry: Registry,
@@ -113,15 +122,44 @@ impl Bff {
         })
     }
 
-    /// Serves HTTP on `listener` until `shutdown` resolves, then drains in-flight requests
-    /// for up to `bff.shutdown_timeout`. Must run inside an actix (or Tokio) runtime.
+    /// Binds `bff.admin_listen`, if set. A bind failure is an error naming the key: the
+    /// process must not run with its metrics and admin endpoints silently missing.
+    pub fn bind_admin(&self) -> anyhow::Result<Option<std::net::TcpListener>> {
+        self.state
+            .config
+            .bff
+            .admin_listen
+            .map(|addr| {
+                std::net::TcpListener::bind(addr)
+                    .map_err(|e| anyhow::anyhow!("cannot listen on {addr} (bff.admin_listen): {e}"))
+            })
+            .transpose()
+    }
+
+    /// Serves HTTP on `listener` (and, if `bff.admin_listen` is set, the admin endpoints on
+    /// that address) until `shutdown` resolves, then drains in-flight requests for up to
+    /// `bff.shutdown_timeout`. Must run inside an actix (or Tokio) runtime.
     pub async fn serve(
         self,
         listener: std::net::TcpListener,
         shutdown: impl Future<Output = ()> + 'static,
     ) -> anyhow::Result<()> {
+        let admin = self.bind_admin()?;
+        self.serve_with_admin(listener, admin, shutdown).await
+    }
+
+    /// Like [`Bff::serve`], with the admin listener already bound ([`Bff::bind_admin`]), so
+    /// that a caller can learn its address first. `admin = None`: `/metrics` and
+    /// `/admin/reload` are served on `listener`, as by default.
+    pub async fn serve_with_admin(
+        self,
+        listener: std::net::TcpListener,
+        admin: Option<std::net::TcpListener>,
+        shutdown: impl Future<Output = ()> + 'static,
+    ) -> anyhow::Result<()> {
         let state = web::Data::from(self.state.clone());
-        let http_metrics = HttpMetrics::new(&self.state.registry);
+        // One set of collectors shared by both listeners (a second registration would panic).
+        let http_metrics = web::Data::new(HttpMetrics::new(&self.state.registry));
         let bff = &self.state.config.bff;
         let workers = if bff.workers == 0 {
             std::thread::available_parallelism().map_or(2, |n| n.get())
@@ -129,31 +167,22 @@ impl Bff {
             bff.workers
         };
         let addr = listener.local_addr()?;
+        let admin_on_main = admin.is_none();
+        let (main_state, main_metrics) = (state.clone(), http_metrics.clone());
         let server = HttpServer::new(move || {
-            let m = http_metrics.clone();
             App::new()
-                .app_data(state.clone())
-                .wrap_fn(move |req, srv| {
-                    let started = Instant::now();
-                    let method = req.method().to_string();
-                    let m = m.clone();
-                    let call = srv.call(req);
-                    async move {
-                        let res = call.await?;
-                        let route = res
-                            .request()
-                            .match_pattern()
-                            .unwrap_or_else(|| "unmatched".into());
-                        m.requests
-                            .with_label_values(&[&route, &method, res.status().as_str()])
-                            .inc();
-                        m.duration
-                            .with_label_values(&[&route])
-                            .observe(started.elapsed().as_secs_f64());
-                        Ok(res)
+                .app_data(main_state.clone())
+                .app_data(main_metrics.clone())
+                // Inner: runs on the request head, before any handler reads the body.
+                .wrap(from_fn(auth::require_api_key))
+                // Outer: counts every answer, 401s included.
+                .wrap(from_fn(record_http_metrics))
+                .configure(routes::configure)
+                .configure(|cfg| {
+                    if admin_on_main {
+                        routes::configure_admin(cfg);
                     }
                 })
-                .configure(routes::configure)
                 .default_service(web::to(routes::not_found))
         })
         .workers(workers)
@@ -162,30 +191,100 @@ impl Bff {
         .shutdown_timeout(bff.shutdown_timeout.as_secs())
         .listen(listener)?
         .run();
-        tracing::info!(%addr, mode = ?self.state.config.mode, compute = %self.state.config.compute_url, "BFF listening");
+        let admin_server = match admin {
+            Some(admin) => {
+                let admin_addr = admin.local_addr()?;
+                let server = HttpServer::new(move || {
+                    // No API keys here: this listener is its own boundary (bind it where only
+                    // operators and Prometheus reach), and reload keeps its loopback check.
+                    App::new()
+                        .app_data(state.clone())
+                        .app_data(http_metrics.clone())
+                        .wrap(from_fn(record_http_metrics))
+                        .configure(routes::configure_admin)
+                        .default_service(web::to(routes::not_found))
+                })
+                .workers(1)
+                .disable_signals()
+                .client_request_timeout(bff.client_request_timeout)
+                .shutdown_timeout(bff.shutdown_timeout.as_secs())
+                .listen(admin)?
+                .run();
+                tracing::info!(addr = %admin_addr, "BFF admin listener (/metrics, /admin/reload)");
+                Some(server)
+            }
+            None => None,
+        };
+        tracing::info!(
+            %addr,
+            mode = ?self.state.config.mode,
+            compute = %self.state.config.compute_url,
+            api_keys = bff.api_keys.len(),
+            "BFF listening{}",
+            if bff.api_keys.is_empty() { " (API-key auth off)" } else { " (API-key auth on)" },
+        );
         // The retention sweep lives as long as the server (it also sets the store gauges).
         let sweeper = self.state.store.spawn_sweeper();
         let handle = server.handle();
+        let admin_handle = admin_server.as_ref().map(|s| s.handle());
         actix_web::rt::spawn(async move {
             shutdown.await;
             tracing::info!("BFF draining in-flight requests");
-            handle.stop(true).await;
+            let admin_stop = async {
+                if let Some(h) = admin_handle {
+                    h.stop(true).await;
+                }
+            };
+            futures_util::future::join(handle.stop(true), admin_stop).await;
         });
-        let served = server.await;
+        let admin_served = async {
+            match admin_server {
+                Some(s) => s.await,
+                None => Ok(()),
+            }
+        };
+        let (served, admin_served) = futures_util::future::join(server, admin_served).await;
         sweeper.abort();
         served?;
+        admin_served?;
         tracing::info!("BFF stopped");
         Ok(())
     }
 }
 
-/// Binds the configured address and serves until a signal (the `imagegate bff` command).
+/// Middleware: `imagegate_http_requests_total` and `imagegate_http_request_duration_seconds`.
+async fn record_http_metrics(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let started = Instant::now();
+    let method = req.method().to_string();
+    let m = req.app_data::<web::Data<HttpMetrics>>().cloned();
+    let res = next.call(req).await?;
+    if let Some(m) = m {
+        let route = res
+            .request()
+            .match_pattern()
+            .unwrap_or_else(|| "unmatched".into());
+        m.requests
+            .with_label_values(&[&route, &method, res.status().as_str()])
+            .inc();
+        m.duration
+            .with_label_values(&[&route])
+            .observe(started.elapsed().as_secs_f64());
+    }
+    Ok(res)
+}
+
+/// Binds the configured addresses and serves until a signal (the `imagegate bff` command).
 /// Reloads on SIGHUP while serving.
 pub async fn run(config: Config, config_file: Option<std::path::PathBuf>) -> anyhow::Result<()> {
     let listener = std::net::TcpListener::bind(config.bff.listen)
         .map_err(|e| anyhow::anyhow!("cannot listen on {} (bff.listen): {e}", config.bff.listen))?;
     let bff = Bff::with_config_file(config, config_file).await?;
+    let admin = bff.bind_admin()?;
     #[cfg(unix)]
     actix_web::rt::spawn(crate::reload::reload_on_sighup(bff.state.reloader.clone()));
-    bff.serve(listener, crate::shutdown::signal()).await
+    bff.serve_with_admin(listener, admin, crate::shutdown::signal())
+        .await
 }

@@ -62,6 +62,16 @@ impl Problem {
         Self::new(StatusCode::NOT_FOUND, "not-found", detail)
     }
 
+    /// 401: answered with `WWW-Authenticate: Bearer` (RFC 9110 requires the challenge).
+    pub fn unauthorized(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", detail)
+    }
+
+    /// 408: the client stopped sending its request body.
+    pub fn body_timeout(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::REQUEST_TIMEOUT, "body-timeout", detail)
+    }
+
     pub fn unavailable(
         kind: &'static str,
         detail: impl Into<String>,
@@ -106,6 +116,14 @@ impl ResponseError for Problem {
         response.insert_header((header::CONTENT_TYPE, "application/problem+json"));
         if let Some(secs) = self.retry_after {
             response.insert_header((header::RETRY_AFTER, secs.to_string()));
+        }
+        if self.status == StatusCode::UNAUTHORIZED {
+            response.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
+        }
+        if self.status == StatusCode::REQUEST_TIMEOUT {
+            // The rest of the body may still be on its way (or never come): this connection
+            // cannot be reused.
+            response.force_close();
         }
         response.body(self.to_json())
     }

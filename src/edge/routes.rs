@@ -28,9 +28,14 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(get("/health", health))
         .service(get("/health/live", live))
         .service(get("/health/ready", ready))
-        .service(get("/metrics", metrics))
-        .service(post("/admin/reload", reload))
         .configure(super::uploads::configure);
+}
+
+/// `/metrics` and `/admin/reload`: on the main listener by default, or alone on
+/// `bff.admin_listen`.
+pub fn configure_admin(cfg: &mut web::ServiceConfig) {
+    cfg.service(get("/metrics", metrics))
+        .service(post("/admin/reload", reload));
 }
 
 pub(super) fn post<F, Args>(path: &str, handler: F) -> actix_web::Resource
@@ -72,8 +77,9 @@ pub async fn not_found(req: HttpRequest) -> HttpResponse {
     Problem::not_found(format!("no route for {} {}", req.method(), req.path())).error_response()
 }
 
-fn limits(state: &AppState) -> Limits {
-    Limits::from_config(&state.config.bff)
+/// The intake limits in force (a reload may have changed them since the start).
+pub(super) fn limits(state: &AppState) -> Limits {
+    Limits::from_config(&state.reloader.current().bff)
 }
 
 fn content_type(data: &[u8]) -> &'static str {
@@ -367,7 +373,7 @@ impl BatchRun {
 
 /// Terminus-style health over the realtime lane.
 async fn check_compute(state: &AppState) -> HttpResponse {
-    let timeout = state.config.bff.health_timeout;
+    let timeout = state.reloader.current().bff.health_timeout;
     let lane = state
         .dispatcher
         .lane_for(crate::dispatch::HEALTH_CHECK)

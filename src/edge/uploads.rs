@@ -12,7 +12,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::Bytes;
 use serde_json::json;
 
-use super::intake::{read_form, FormSpec, Limits};
+use super::intake::{read_form, FormSpec};
 use super::params;
 use super::problem::Problem;
 use super::routes::{get, post};
@@ -42,7 +42,7 @@ async fn upload(
         text_fields: params::COMPRESS_FIELDS,
         many_files: false,
     };
-    let form = read_form(&req, payload, Limits::from_config(&state.config.bff), &spec).await?;
+    let form = read_form(&req, payload, super::routes::limits(&state), &spec).await?;
     let file = super::routes::required_file(&form)?;
     let request = params::compress_request(&form, file)?;
     let r = state.dispatcher.compress(request).await?;
