@@ -286,7 +286,7 @@ fn api_keys_parse_as_a_list_or_one_comma_separated_string_and_are_validated() {
 }
 
 #[test]
-fn the_new_bff_keys_have_defaults_and_the_example_config_shows_them() {
+fn the_new_bff_keys_have_defaults_and_the_example_config_agrees() {
     let defaults = Config::default();
     assert!(defaults.bff.api_keys.is_empty(), "auth is off by default");
     assert_eq!(defaults.bff.admin_listen, None);

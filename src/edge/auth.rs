@@ -269,18 +269,28 @@ pub async fn require_api_key(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
-    let keys = req
-        .app_data::<web::Data<AppState>>()
-        .map(|state| state.reloader.current());
-    if let Some(config) = keys {
-        let keys = &config.bff.api_keys;
-        if !keys.is_empty() && is_protected(req.method(), req.match_pattern().as_deref()) {
-            if let Err(problem) = check(keys, req.headers()) {
-                return Ok(req
-                    .into_response(problem.error_response())
-                    .map_into_right_body());
+    let verdict = match req.app_data::<web::Data<AppState>>() {
+        Some(state) => {
+            let config = state.reloader.current();
+            let keys = &config.bff.api_keys;
+            if !keys.is_empty() && is_protected(req.method(), req.match_pattern().as_deref()) {
+                check(keys, req.headers())
+            } else {
+                Ok(())
             }
         }
+        // The app always registers its state; should that ever break, fail closed rather
+        // than let requests through unchecked.
+        None => Err(Problem::unavailable(
+            "auth-unavailable",
+            "the API-key check is not configured on this listener",
+            std::time::Duration::from_secs(1),
+        )),
+    };
+    if let Err(problem) = verdict {
+        return Ok(req
+            .into_response(problem.error_response())
+            .map_into_right_body());
     }
     next.call(req)
         .await
