@@ -24,6 +24,9 @@
 //!   with 503, time to a 503 (p50/p99/max), accepted p99 against the unloaded p99, Retry-After
 //!   on every 503, the status histogram (no 5xx but 503), the BFF's RSS (idle, VmHWM, samples)
 //!   against the bytes in flight, and `imagegate_lane_in_flight{lane="heavy"}` after the run.
+//!   Two diagnostic probes run during the overload, one request at a time every 20 ms, neither
+//!   reaching the lane: the same upload with `quality=0` (read in full, then 400) and
+//!   `GET /health/live`; they show the BFF's own HTTP floor under that load.
 //! - `failover`: default config; an open loop of small compress requests at `--rate`/s and a
 //!   `/health` poller (one request every 10 ms); compute is SIGKILLed 4 s in and started again
 //!   on the same port `--down-secs` later. Reported: kill → first `/health` 503, restart →

@@ -87,7 +87,16 @@ impl Proc {
             .create(true)
             .append(true)
             .open(&log)?;
-        let child = Command::new(bin)
+        let mut cmd = Command::new(bin);
+        // Nothing from the caller's environment may change the config under test.
+        for (k, _) in std::env::vars() {
+            if (k.starts_with("IMAGEGATE_") || k == "GRPC_COMPUTE_URL")
+                && !env.iter().any(|(e, _)| *e == k)
+            {
+                cmd.env_remove(&k);
+            }
+        }
+        let child = cmd
             .args(args)
             .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
@@ -186,7 +195,7 @@ impl Ports {
 
 /// The environment both processes get: quiet logs, short drains, the compute address.
 pub fn base_env(ports: &Ports, work: &Path) -> Vec<(String, String)> {
-    let mut env: Vec<(String, String)> = vec![
+    let env: Vec<(String, String)> = vec![
         (
             "RUST_LOG".into(),
             std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
@@ -202,13 +211,7 @@ pub fn base_env(ports: &Ports, work: &Path) -> Vec<(String, String)> {
             work.join("uploads").display().to_string(),
         ),
     ];
-    // Nothing from the caller's environment may change the config under test.
-    for (k, _) in std::env::vars() {
-        if k.starts_with("IMAGEGATE_") && !env.iter().any(|(e, _)| *e == k) {
-            env.push((k, String::new()));
-        }
-    }
-    env.retain(|(_, v)| !v.is_empty());
+    // (Proc::spawn removes every other IMAGEGATE_* variable of the caller's environment.)
     env
 }
 
