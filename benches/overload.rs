@@ -50,7 +50,7 @@ use bytes::Bytes;
 use support::*;
 
 const USAGE: &str = "usage: overload --phase overload|failover --bin PATH --work DIR [--out FILE] \
-[--cap N] [--queue-waits 250ms,0ms] [--factor F] [--secs S] [--width PX] [--grain G] [--rate R] [--down-secs S]\n\
+[--cap N] [--queue-waits 250ms,0ms] [--compute-workers N] [--factor F] [--secs S] [--width PX] [--grain G] [--rate R] [--down-secs S]\n\
 Normally run by `make bench-overload` (scripts/bench-overload.sh).";
 
 /// Most requests outstanding at the client at once (open loop): beyond it a send is skipped
@@ -70,6 +70,8 @@ struct Args {
     grain: u64,
     rate: f64,
     down_secs: f64,
+    /// Compute's CPU workers (0 = its default, one per core).
+    compute_workers: usize,
 }
 
 fn parse_args() -> Result<Option<Args>, String> {
@@ -99,6 +101,7 @@ fn parse_args() -> Result<Option<Args>, String> {
     let grain = f.num("grain", 4.0)? as u64;
     let rate = f.num("rate", 15.0)?;
     let down_secs = f.num("down-secs", 4.0)?;
+    let compute_workers = f.num("compute-workers", 0.0)? as usize;
     f.finish()?;
     Ok(Some(Args {
         phase,
@@ -113,6 +116,7 @@ fn parse_args() -> Result<Option<Args>, String> {
         grain,
         rate,
         down_secs,
+        compute_workers,
     }))
 }
 
@@ -409,10 +413,17 @@ async fn overload(args: &Args, report: &mut Report) -> anyhow::Result<()> {
     let ports = Ports::new();
     let base = base_env(&ports, &args.work);
     let http = http_client(64);
+    let mut compute_env = base.clone();
+    if args.compute_workers > 0 {
+        compute_env.push((
+            "IMAGEGATE_COMPUTE__WORKERS".into(),
+            args.compute_workers.to_string(),
+        ));
+    }
     let mut compute = spawn_compute(
         &args.bin,
         &ports,
-        &base,
+        &compute_env,
         args.work.join("overload-compute.log"),
     )?;
     wait_up(
@@ -430,11 +441,16 @@ async fn overload(args: &Args, report: &mut Report) -> anyhow::Result<()> {
     report.line("");
     report.line(format!(
         "Request: `POST /v1/images/compress`, a {}×{} photo-like JPEG ({}) to JPEG Q80. \
-         Compute: defaults (workers = CPUs = {}, queue_capacity = 64). One fresh BFF per column, \
-         all other settings default.",
+         Compute: workers = {} (the machine has {} CPUs), queue_capacity = 64. One fresh BFF \
+         per column, all other settings default.",
         args.width,
         args.width * 2 / 3,
         human_bytes(data.len()),
+        if args.compute_workers > 0 {
+            args.compute_workers.to_string()
+        } else {
+            "CPUs (default)".to_string()
+        },
         std::thread::available_parallelism().map_or(0, |n| n.get()),
     ));
     report.line("");
