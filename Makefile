@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 APT_GET := $(shell command -v apt-get 2>/dev/null)
 
-.PHONY: help deps test-deps build run test lint lint-deploy fmt bench-ops bench-edge bench-hol clean
+.PHONY: help deps test-deps build run test lint lint-deploy fmt bench-ops bench-edge bench-hol bench-overload soak clean
 
 help: ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -58,6 +58,12 @@ bench-edge: deps ## BFF vs calling compute directly: added latency, throughput, 
 
 bench-hol: deps ## head-of-line blocking on an emulated lossy link: shared vs bulkhead (needs root)
 	scripts/bench-hol.sh
+
+bench-overload: deps ## heavy lane at 4x capacity (shedding, latency, RSS), then failover (compute SIGKILLed)
+	scripts/bench-overload.sh
+
+soak: deps ## 30 min of mixed load (SOAK_SECS=1800): RSS drift and fds of BFF and compute
+	scripts/soak.sh
 
 clean:
 	$(CARGO) clean

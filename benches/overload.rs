@@ -1,0 +1,1112 @@
+//! Overload and failover benchmark of the heavy lane, against the real processes.
+//!
+//! Run by `make bench-overload` (scripts/bench-overload.sh), which builds `imagegate` and this
+//! binary in release mode and calls it with the server binary. This binary starts
+//! `imagegate compute` and `imagegate bff` itself (separate processes, loopback, real TCP), so
+//! that the failover phase can SIGKILL compute and start it again on the same port:
+//!
+//! ```text
+//! overload --phase overload --bin target/release/imagegate --work DIR [--out FILE]
+//!          [--cap 8] [--queue-waits 250ms,0ms] [--factor 4] [--secs 20] [--width 1024] [--grain 4]
+//! overload --phase failover --bin target/release/imagegate --work DIR [--out FILE]
+//!          [--rate 15] [--down-secs 4]
+//! ```
+//!
+//! - `overload`: for each queue wait in `--queue-waits`, a fresh BFF whose heavy lane has
+//!   `max_in_flight = --cap`. (1) Unloaded: a small compress request at concurrency 1, p50/p99.
+//!   (2) Capacity: a closed loop at concurrency `cap` for 5 s gives the lane's throughput X and
+//!   its latency at capacity. (3) Overload: an **open loop** at `factor × X` requests/s for
+//!   `--secs`, each request on its own task, timed from its scheduled start. Open loop because
+//!   independent users do not slow down when the server sheds them: a closed loop with
+//!   `factor × cap` clients would re-send every shed request at once and measure the
+//!   client's retry speed (and, on 2 shared cores, steal CPU from the server), not the
+//!   gateway. It also gives `factor ×` the concurrency by Little's law. Reported: share shed
+//!   with 503, time to a 503 (p50/p99/max), accepted p99 against the unloaded p99, Retry-After
+//!   on every 503, the status histogram (no 5xx but 503), the BFF's RSS (idle, VmHWM, samples)
+//!   against the bytes in flight, and `imagegate_lane_in_flight{lane="heavy"}` after the run.
+//!   Two diagnostic probes run during the overload, one request at a time every 20 ms, neither
+//!   reaching the lane: the same upload with `quality=0` (read in full, then 400) and
+//!   `GET /health/live`; they show the BFF's own HTTP floor under that load.
+//! - `failover`: default config; an open loop of small compress requests at `--rate`/s and a
+//!   `/health` poller (one request every 10 ms); compute is SIGKILLed 4 s in and started again
+//!   on the same port `--down-secs` later. Reported: kill → first `/health` 503, restart →
+//!   first `/health` 200 (and → compute's port accepting, → first heavy 200), latency of heavy
+//!   calls refused by the open circuit, every failed request attributed to "in flight at the
+//!   kill", "sent while compute was down" or "sent after the restart", the BFF still alive,
+//!   and the in-flight gauge back at 0.
+//!
+//! Every loop is bounded by a count and a time limit; every request by a timeout.
+
+#[path = "support/mod.rs"]
+mod support;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use support::*;
+
+const USAGE: &str = "usage: overload --phase overload|failover --bin PATH --work DIR [--out FILE] \
+[--cap N] [--queue-waits 250ms,0ms] [--compute-workers N] [--factor F] [--secs S] [--width PX] [--grain G] [--rate R] [--down-secs S]\n\
+Normally run by `make bench-overload` (scripts/bench-overload.sh).";
+
+/// Most requests outstanding at the client at once (open loop): beyond it a send is skipped
+/// and counted, so a stalled server cannot make the bench grow without bound.
+const MAX_OUTSTANDING: usize = 2048;
+
+struct Args {
+    phase: String,
+    bin: PathBuf,
+    work: PathBuf,
+    out: Option<PathBuf>,
+    cap: usize,
+    queue_waits: Vec<String>,
+    factor: f64,
+    secs: f64,
+    width: u32,
+    grain: u64,
+    rate: f64,
+    down_secs: f64,
+    /// Compute's CPU workers (0 = its default, one per core).
+    compute_workers: usize,
+}
+
+fn parse_args() -> Result<Option<Args>, String> {
+    let mut f = Flags::parse()?;
+    let Some(phase) = f.take("phase") else {
+        return Ok(None);
+    };
+    if phase != "overload" && phase != "failover" {
+        return Err(format!(
+            "--phase must be overload or failover, got {phase:?}"
+        ));
+    }
+    let bin = f.take("bin").ok_or("--bin is needed")?.into();
+    let work: PathBuf = f.take("work").ok_or("--work is needed")?.into();
+    let out = f.take("out").map(Into::into);
+    let cap = f.num("cap", 8.0)?.max(1.0) as usize;
+    let queue_waits = f
+        .take("queue-waits")
+        .unwrap_or_else(|| "250ms,0ms".into())
+        .split(',')
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect();
+    let factor = f.num("factor", 4.0)?;
+    let secs = f.num("secs", 20.0)?;
+    let width = f.num("width", 1024.0)? as u32;
+    let grain = f.num("grain", 4.0)? as u64;
+    let rate = f.num("rate", 15.0)?;
+    let down_secs = f.num("down-secs", 4.0)?;
+    let compute_workers = f.num("compute-workers", 0.0)? as usize;
+    f.finish()?;
+    Ok(Some(Args {
+        phase,
+        bin,
+        work,
+        out,
+        cap,
+        queue_waits,
+        factor,
+        secs,
+        width,
+        grain,
+        rate,
+        down_secs,
+        compute_workers,
+    }))
+}
+
+// ---------------------------------------------------------------------------------------------
+// One request and its outcome
+
+#[derive(Clone, Debug)]
+struct Outcome {
+    /// Seconds since the phase's origin when the request was (scheduled to be) sent.
+    sent: f64,
+    /// Seconds since the origin when its answer was complete.
+    done: f64,
+    /// 0: no HTTP answer (transport error or timeout).
+    status: u16,
+    retry_after: bool,
+    /// The end of the problem's `type` URI (`lane-saturated`), or the transport error.
+    kind: String,
+}
+
+impl Outcome {
+    fn latency(&self) -> Duration {
+        Duration::from_secs_f64((self.done - self.sent).max(0.0))
+    }
+}
+
+#[derive(Clone)]
+struct Target {
+    http: reqwest::Client,
+    url: String,
+    data: Bytes,
+    origin: Instant,
+}
+
+impl Target {
+    /// One `POST /v1/images/compress` (JPEG Q80); `sent` is its scheduled start.
+    async fn compress(&self, sent: f64) -> Outcome {
+        let resp = self
+            .http
+            .post(format!("{}/v1/images/compress", self.url))
+            .multipart(form(
+                &self.data,
+                "photo.jpg",
+                &[("quality", "80"), ("format", "jpeg")],
+            ))
+            .timeout(Duration::from_secs(60))
+            .send()
+            .await;
+        self.finish(sent, resp).await
+    }
+
+    /// Diagnostic: the same upload with `quality=0`, which the BFF reads completely and then
+    /// refuses (400) without asking the lane: the intake alone, the floor of a time to 503.
+    async fn intake_only(&self, sent: f64) -> Outcome {
+        let resp = self
+            .http
+            .post(format!("{}/v1/images/compress", self.url))
+            .multipart(form(
+                &self.data,
+                "photo.jpg",
+                &[("quality", "0"), ("format", "jpeg")],
+            ))
+            .timeout(Duration::from_secs(60))
+            .send()
+            .await;
+        self.finish(sent, resp).await
+    }
+
+    /// Diagnostic: `GET /health/live` (no body, no compute): the BFF's own HTTP floor.
+    async fn live(&self, sent: f64) -> Outcome {
+        let resp = self
+            .http
+            .get(format!("{}/health/live", self.url))
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await;
+        self.finish(sent, resp).await
+    }
+
+    async fn health(&self, sent: f64) -> Outcome {
+        let resp = self
+            .http
+            .get(format!("{}/health", self.url))
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await;
+        self.finish(sent, resp).await
+    }
+
+    async fn finish(&self, sent: f64, resp: reqwest::Result<reqwest::Response>) -> Outcome {
+        let now = |o: &Instant| o.elapsed().as_secs_f64();
+        match resp {
+            Err(e) => Outcome {
+                sent,
+                done: now(&self.origin),
+                status: 0,
+                retry_after: false,
+                kind: transport_error(&e),
+            },
+            Ok(r) => {
+                let status = r.status().as_u16();
+                let retry_after = r.headers().contains_key(reqwest::header::RETRY_AFTER);
+                let body = r.bytes().await;
+                let done = now(&self.origin);
+                let kind = match &body {
+                    Err(e) => transport_error(e),
+                    Ok(b) if status >= 400 => problem_kind(b),
+                    Ok(_) => String::new(),
+                };
+                Outcome {
+                    sent,
+                    done,
+                    status: if body.is_err() { 0 } else { status },
+                    retry_after,
+                    kind,
+                }
+            }
+        }
+    }
+}
+
+/// The end of a problem's `type` URI; for a 502 also its detail; for a `/health` 503 the
+/// message it gives for compute.
+fn problem_kind(body: &[u8]) -> String {
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return "(not JSON)".into();
+    };
+    let short = |s: &str| s.chars().take(90).collect::<String>();
+    if let Some(t) = v["type"].as_str() {
+        let kind = t.rsplit(':').next().unwrap_or(t).to_string();
+        return match v["status"].as_u64() {
+            Some(s) if s >= 500 && s != 503 => {
+                format!("{kind}: {}", short(v["detail"].as_str().unwrap_or("")))
+            }
+            _ => kind,
+        };
+    }
+    match v["error"]["grpc-compute"]["message"].as_str() {
+        Some(m) => format!("health: {}", short(m)),
+        None => "(no problem type)".into(),
+    }
+}
+
+fn transport_error(e: &reqwest::Error) -> String {
+    if e.is_timeout() {
+        "client timeout".into()
+    } else if e.is_connect() {
+        "connect error".into()
+    } else {
+        "transport error".into()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Load generators
+
+/// Open loop: one request every `1/rate` s from `start` (seconds since the origin) for `secs`,
+/// at most `max_count`; each is timed from its scheduled start (no coordinated omission).
+/// Returns the outcomes, the sends skipped at `MAX_OUTSTANDING`, and the peak outstanding.
+async fn open_loop(
+    target: &Target,
+    rate: f64,
+    secs: f64,
+    max_count: usize,
+) -> (Vec<Outcome>, usize, usize) {
+    let outstanding = Arc::new(AtomicUsize::new(0));
+    let peak = Arc::new(AtomicUsize::new(0));
+    let mut skipped = 0;
+    let mut tasks = Vec::new();
+    let start = target.origin.elapsed().as_secs_f64();
+    let interval = 1.0 / rate.max(0.001);
+    for i in 0..max_count {
+        let at = start + i as f64 * interval;
+        if at - start >= secs {
+            break;
+        }
+        let wait = at - target.origin.elapsed().as_secs_f64();
+        if wait > 0.0 {
+            tokio::time::sleep(Duration::from_secs_f64(wait)).await;
+        }
+        if outstanding.load(Ordering::Relaxed) >= MAX_OUTSTANDING {
+            skipped += 1;
+            continue;
+        }
+        let n = outstanding.fetch_add(1, Ordering::Relaxed) + 1;
+        peak.fetch_max(n, Ordering::Relaxed);
+        let t = target.clone();
+        let o = outstanding.clone();
+        tasks.push(tokio::spawn(async move {
+            let out = t.compress(at).await;
+            o.fetch_sub(1, Ordering::Relaxed);
+            out
+        }));
+    }
+    let mut out = Vec::with_capacity(tasks.len());
+    for t in tasks {
+        out.push(t.await.expect("request task"));
+    }
+    (out, skipped, peak.load(Ordering::Relaxed))
+}
+
+/// Closed loop: `concurrency` clients back to back for `secs` (each at most `max_each`).
+async fn closed_loop(
+    target: &Target,
+    concurrency: usize,
+    secs: f64,
+    max_each: usize,
+) -> (Vec<Outcome>, f64) {
+    let started = Instant::now();
+    let workers: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let t = target.clone();
+            tokio::spawn(async move {
+                let mut v = Vec::new();
+                for _ in 0..max_each {
+                    if started.elapsed().as_secs_f64() >= secs {
+                        break;
+                    }
+                    let sent = t.origin.elapsed().as_secs_f64();
+                    v.push(t.compress(sent).await);
+                }
+                v
+            })
+        })
+        .collect();
+    let mut out = Vec::new();
+    for w in workers {
+        out.extend(w.await.expect("worker"));
+    }
+    (out, started.elapsed().as_secs_f64())
+}
+
+fn sorted_latencies<'a>(it: impl Iterator<Item = &'a Outcome>) -> Vec<Duration> {
+    let mut v: Vec<Duration> = it.map(Outcome::latency).collect();
+    v.sort();
+    v
+}
+
+fn status_histogram<'a>(it: impl Iterator<Item = &'a Outcome>) -> BTreeMap<String, usize> {
+    let mut h = BTreeMap::new();
+    for o in it {
+        let key = match o.status {
+            0 => format!("no answer ({})", o.kind),
+            200 => "200".into(),
+            s => format!("{s} {}", o.kind),
+        };
+        *h.entry(key).or_default() += 1;
+    }
+    h
+}
+
+/// Samples a process's VmRSS every 100 ms and a lane's in-flight gauge every 250 ms until
+/// `stop`; returns (max VmRSS KiB, max in flight).
+fn spawn_sampler(
+    http: reqwest::Client,
+    bff: String,
+    pid: u32,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<(u64, f64)> {
+    tokio::spawn(async move {
+        let mut max_rss = 0u64;
+        let mut max_in_flight = 0f64;
+        let started = Instant::now();
+        let mut tick = 0u64;
+        // Bounded: 10 minutes at most.
+        while !stop.load(Ordering::Relaxed) && started.elapsed() < Duration::from_secs(600) {
+            if let Some(k) = status_kib(pid, "VmRSS") {
+                max_rss = max_rss.max(k);
+            }
+            if tick % 3 == 0 {
+                if let Some(text) = scrape(&http, &format!("{bff}/metrics")).await {
+                    if let Some(v) = metric(&text, "imagegate_lane_in_flight{lane=\"heavy\"}") {
+                        max_in_flight = max_in_flight.max(v);
+                    }
+                }
+            }
+            tick += 1;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        (max_rss, max_in_flight)
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Phase: overload
+
+struct OverloadRow {
+    label: String,
+    values: Vec<String>,
+}
+
+async fn overload(args: &Args, report: &mut Report) -> anyhow::Result<()> {
+    let data = jpeg_grain(args.width, args.width * 2 / 3, args.grain);
+    let body_len = data.len() + 400; // file + multipart framing and the two fields (approx.)
+    let ports = Ports::new();
+    let base = base_env(&ports, &args.work);
+    let http = http_client(64);
+    let mut compute_env = base.clone();
+    if args.compute_workers > 0 {
+        compute_env.push((
+            "IMAGEGATE_COMPUTE__WORKERS".into(),
+            args.compute_workers.to_string(),
+        ));
+    }
+    let mut compute = spawn_compute(
+        &args.bin,
+        &ports,
+        &compute_env,
+        args.work.join("overload-compute.log"),
+    )?;
+    wait_up(
+        &http,
+        &mut compute,
+        &ports.compute_metrics_url(),
+        Duration::from_secs(30),
+    )
+    .await?;
+
+    report.line(format!(
+        "### Overload: heavy lane max_in_flight = {}, open loop at {}× its measured throughput",
+        args.cap, args.factor
+    ));
+    report.line("");
+    report.line(format!(
+        "Request: `POST /v1/images/compress`, a {}×{} photo-like JPEG ({}) to JPEG Q80. \
+         Compute: workers = {} (the machine has {} CPUs), queue_capacity = 64. One fresh BFF \
+         per column, all other settings default.",
+        args.width,
+        args.width * 2 / 3,
+        human_bytes(data.len()),
+        if args.compute_workers > 0 {
+            args.compute_workers.to_string()
+        } else {
+            "CPUs (default)".to_string()
+        },
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+    ));
+    report.line("");
+
+    let mut columns: Vec<String> = Vec::new();
+    let mut rows: Vec<OverloadRow> = Vec::new();
+    let add = |rows: &mut Vec<OverloadRow>, label: &str, value: String| match rows
+        .iter_mut()
+        .find(|r| r.label == label)
+    {
+        Some(r) => r.values.push(value),
+        None => rows.push(OverloadRow {
+            label: label.to_string(),
+            values: vec![value],
+        }),
+    };
+    let mut notes: Vec<String> = Vec::new();
+
+    for qw in &args.queue_waits {
+        let mut env = base.clone();
+        env.push((
+            "IMAGEGATE_LANES__HEAVY__MAX_IN_FLIGHT".into(),
+            args.cap.to_string(),
+        ));
+        env.push(("IMAGEGATE_LANES__HEAVY__QUEUE_WAIT".into(), qw.clone()));
+        let ports_b = Ports {
+            bff: free_port(),
+            ..ports.clone()
+        };
+        let mut bff = spawn_bff(
+            &args.bin,
+            &ports_b,
+            &env,
+            args.work.join(format!("overload-bff-{qw}.log")),
+        )?;
+        wait_up(
+            &http,
+            &mut bff,
+            &format!("{}/health", ports_b.bff_url()),
+            Duration::from_secs(30),
+        )
+        .await?;
+        let pid = bff.pid();
+        columns.push(format!("queue_wait = {qw}"));
+        eprintln!("[queue_wait {qw}] unloaded latency ...");
+        let target = Target {
+            http: http.clone(),
+            url: ports_b.bff_url(),
+            data: data.clone(),
+            origin: Instant::now(),
+        };
+        // Warm-up (connections on both hops), then the idle RSS.
+        for _ in 0..20 {
+            let _ = target.compress(target.origin.elapsed().as_secs_f64()).await;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let idle_rss = status_kib(pid, "VmRSS").unwrap_or(0);
+
+        // (1) unloaded: concurrency 1, at most 300 requests or 30 s.
+        let mut unloaded = Vec::new();
+        let t = Instant::now();
+        while unloaded.len() < 300 && t.elapsed() < Duration::from_secs(30) {
+            unloaded.push(target.compress(target.origin.elapsed().as_secs_f64()).await);
+        }
+        let un_ok = sorted_latencies(unloaded.iter().filter(|o| o.status == 200));
+        let (u50, u99) = (pct(&un_ok, 50.0), pct(&un_ok, 99.0));
+
+        // (2) capacity: closed loop at concurrency = cap.
+        eprintln!(
+            "[queue_wait {qw}] capacity: closed loop at concurrency {} ...",
+            args.cap
+        );
+        let (cap_out, cap_secs) = closed_loop(&target, args.cap, 5.0, 100_000).await;
+        let cap_ok = sorted_latencies(cap_out.iter().filter(|o| o.status == 200));
+        let x = cap_ok.len() as f64 / cap_secs;
+        let cap_shed = cap_out.iter().filter(|o| o.status == 503).count();
+
+        // (3) overload: open loop at factor × X.
+        let rate = args.factor * x;
+        eprintln!(
+            "[queue_wait {qw}] overload: open loop at {rate:.0} req/s for {} s ...",
+            args.secs
+        );
+        let hwm_before = status_kib(pid, "VmHWM").unwrap_or(0);
+        let stop = Arc::new(AtomicBool::new(false));
+        let sampler = spawn_sampler(http.clone(), ports_b.bff_url(), pid, stop.clone());
+        // Diagnostic probes, one at a time every 20 ms: intake only, then /health/live.
+        let probes = {
+            let t = target.clone();
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let (mut intake, mut live) = (Vec::new(), Vec::new());
+                for i in 0..100_000u32 {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let sent = t.origin.elapsed().as_secs_f64();
+                    if i % 2 == 0 {
+                        intake.push(t.intake_only(sent).await);
+                    } else {
+                        live.push(t.live(sent).await);
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                (intake, live)
+            })
+        };
+        let max_count = (rate * args.secs).ceil() as usize + 1;
+        let (out, skipped, peak_outstanding) =
+            open_loop(&target, rate, args.secs, max_count.min(1_000_000)).await;
+        stop.store(true, Ordering::Relaxed);
+        let (max_rss, max_lane) = sampler.await.unwrap_or((0, -1.0));
+        let (intake_probe, live_probe) = probes.await.unwrap_or_default();
+        let intake_lat = sorted_latencies(intake_probe.iter().filter(|o| o.status == 400));
+        let live_lat = sorted_latencies(live_probe.iter().filter(|o| o.status == 200));
+        let hwm_after = status_kib(pid, "VmHWM").unwrap_or(0);
+        let (settled, settle_time) =
+            in_flight_settles(&http, &ports_b.bff_url(), "heavy", Duration::from_secs(10)).await;
+        let metrics_text = scrape(&http, &format!("{}/metrics", ports_b.bff_url()))
+            .await
+            .unwrap_or_default();
+        let saturated = metric_sum(
+            &metrics_text,
+            "imagegate_lane_rejected_total",
+            &["lane=\"heavy\"", "reason=\"saturated\""],
+        );
+        let alive = bff.alive();
+        bff.stop();
+
+        // Judging.
+        let n = out.len();
+        let shed: Vec<&Outcome> = out.iter().filter(|o| o.status == 503).collect();
+        let accepted = sorted_latencies(out.iter().filter(|o| o.status == 200));
+        let accepted_n = accepted.len();
+        let shed_lat = sorted_latencies(shed.iter().copied());
+        let other_5xx: usize = out
+            .iter()
+            .filter(|o| o.status >= 500 && o.status != 503)
+            .count();
+        let no_answer = out.iter().filter(|o| o.status == 0).count();
+        let with_ra = shed.iter().filter(|o| o.retry_after).count();
+        let a99 = pct(&accepted, 99.0);
+        let ratio = a99.as_secs_f64() / u99.as_secs_f64().max(1e-9);
+        let in_flight_bytes = peak_outstanding * body_len;
+        let growth = hwm_after.saturating_sub(idle_rss);
+
+        add(
+            &mut rows,
+            "unloaded (c=1) p50 / p99",
+            format!("{} / {}", ms(u50), ms(u99)),
+        );
+        add(
+            &mut rows,
+            &format!(
+                "at capacity (closed loop, c={}): throughput X; p50 / p99",
+                args.cap
+            ),
+            format!(
+                "{x:.1} req/s; {} / {}{}",
+                ms(pct(&cap_ok, 50.0)),
+                ms(pct(&cap_ok, 99.0)),
+                if cap_shed > 0 {
+                    format!(" ({cap_shed} shed)")
+                } else {
+                    String::new()
+                }
+            ),
+        );
+        add(
+            &mut rows,
+            "overload: offered rate, duration; requests sent (skipped at the client cap)",
+            format!("{rate:.1} req/s, {} s; {n} ({skipped})", args.secs),
+        );
+        add(
+            &mut rows,
+            "overload: accepted (200) throughput, and ÷ X",
+            format!(
+                "{:.1} req/s, {:.2}",
+                accepted_n as f64 / args.secs.max(1e-9),
+                accepted_n as f64 / args.secs.max(1e-9) / x.max(1e-9)
+            ),
+        );
+        add(
+            &mut rows,
+            "peak outstanding at the client / peak heavy in flight (sampled)",
+            format!("{peak_outstanding} / {max_lane:.0}"),
+        );
+        add(
+            &mut rows,
+            "**share shed with 503**",
+            format!(
+                "{:.1} % ({} of {n}); lane `saturated` rejections: {saturated:.0}",
+                100.0 * shed.len() as f64 / n.max(1) as f64,
+                shed.len()
+            ),
+        );
+        add(
+            &mut rows,
+            "**time to 503** p50 / p99 / max (target < 10 ms)",
+            format!(
+                "{} / {} / {}: {}",
+                ms(pct(&shed_lat, 50.0)),
+                ms(pct(&shed_lat, 99.0)),
+                ms(pct(&shed_lat, 100.0)),
+                if shed_lat.is_empty() {
+                    "no 503"
+                } else {
+                    verdict(pct(&shed_lat, 99.0) < Duration::from_millis(10))
+                }
+            ),
+        );
+        add(
+            &mut rows,
+            "diagnostic, during the overload: intake only (same upload, `quality=0` → 400, no lane) p50 / p99 / max; n",
+            format!(
+                "{} / {} / {}; {}",
+                ms(pct(&intake_lat, 50.0)),
+                ms(pct(&intake_lat, 99.0)),
+                ms(pct(&intake_lat, 100.0)),
+                intake_lat.len()
+            ),
+        );
+        add(
+            &mut rows,
+            "diagnostic, during the overload: `GET /health/live` p50 / p99 / max; n",
+            format!(
+                "{} / {} / {}; {}",
+                ms(pct(&live_lat, 50.0)),
+                ms(pct(&live_lat, 99.0)),
+                ms(pct(&live_lat, 100.0)),
+                live_lat.len()
+            ),
+        );
+        add(
+            &mut rows,
+            "**accepted p99 vs unloaded p99** (target ≤ 2×)",
+            format!(
+                "{} vs {} = {ratio:.2}×: {} (accepted p50 {}, n = {})",
+                ms(a99),
+                ms(u99),
+                verdict(ratio <= 2.0),
+                ms(pct(&accepted, 50.0)),
+                accepted.len()
+            ),
+        );
+        add(
+            &mut rows,
+            "accepted p99 vs p99 at capacity",
+            format!(
+                "{:.2}×",
+                a99.as_secs_f64() / pct(&cap_ok, 99.0).as_secs_f64().max(1e-9)
+            ),
+        );
+        add(
+            &mut rows,
+            "Retry-After on 503s",
+            format!(
+                "{with_ra} of {}: {}",
+                shed.len(),
+                verdict(with_ra == shed.len())
+            ),
+        );
+        add(
+            &mut rows,
+            "status codes",
+            histogram(&status_histogram(out.iter())),
+        );
+        add(
+            &mut rows,
+            "5xx other than 503 / no answer",
+            format!(
+                "{other_5xx} / {no_answer}: {}",
+                verdict(other_5xx == 0 && no_answer == 0)
+            ),
+        );
+        add(
+            &mut rows,
+            "BFF RSS: idle → max sampled; VmHWM before → after load",
+            format!(
+                "{} → {}; {} → {}",
+                mib(idle_rss),
+                mib(max_rss),
+                mib(hwm_before),
+                mib(hwm_after)
+            ),
+        );
+        add(
+            &mut rows,
+            "bytes in flight at the peak (peak outstanding × request body)",
+            format!(
+                "{} ({peak_outstanding} × {})",
+                human_bytes(in_flight_bytes),
+                human_bytes(body_len)
+            ),
+        );
+        add(
+            &mut rows,
+            "peak RSS growth over idle ÷ bytes in flight",
+            format!(
+                "{} ÷ {} = {:.2}: {}",
+                mib(growth),
+                human_bytes(in_flight_bytes),
+                growth as f64 * 1024.0 / in_flight_bytes.max(1) as f64,
+                // Bounded: growth within 40 MiB + 2 × in flight (edge bench measured 2.0×).
+                verdict(
+                    (growth as f64) * 1024.0 <= 40.0 * 1048576.0 + 2.0 * in_flight_bytes as f64
+                )
+            ),
+        );
+        add(
+            &mut rows,
+            "heavy `imagegate_lane_in_flight` after the run",
+            format!(
+                "{} (after {:.1} s): {}",
+                settled.map_or("?".into(), |v| format!("{v:.0}")),
+                settle_time.as_secs_f64(),
+                verdict(settled == Some(0.0))
+            ),
+        );
+        add(
+            &mut rows,
+            "BFF alive after the run",
+            if alive { "yes".into() } else { "**no**".into() },
+        );
+        if !alive {
+            notes.push(format!(
+                "BFF (queue_wait {qw}) died; log:\n{}",
+                bff.log_tail(20)
+            ));
+        }
+    }
+    compute.stop();
+
+    report.line(format!("| measure | {} |", columns.join(" | ")));
+    report.line(format!("|---|{}", "---|".repeat(columns.len())));
+    for r in &rows {
+        report.line(format!("| {} | {} |", r.label, r.values.join(" | ")));
+    }
+    report.line("");
+    report.line(
+        "BFF bytes-in-flight bound used for \"bounded\": growth ≤ 40 MiB + 2 × bytes in flight \
+         (the 2× each upload costs, measured by bench-edge).",
+    );
+    for n in notes {
+        report.line("");
+        report.line(n);
+    }
+    report.line("");
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Phase: failover
+
+async fn failover(args: &Args, report: &mut Report) -> anyhow::Result<()> {
+    let data = jpeg_grain(args.width, args.width * 2 / 3, args.grain);
+    let ports = Ports::new();
+    let env = base_env(&ports, &args.work);
+    let http = http_client(64);
+    let compute_log = args.work.join("failover-compute.log");
+    let mut compute = spawn_compute(&args.bin, &ports, &env, compute_log.clone())?;
+    wait_up(
+        &http,
+        &mut compute,
+        &ports.compute_metrics_url(),
+        Duration::from_secs(30),
+    )
+    .await?;
+    let mut bff = spawn_bff(&args.bin, &ports, &env, args.work.join("failover-bff.log"))?;
+    wait_up(
+        &http,
+        &mut bff,
+        &format!("{}/health", ports.bff_url()),
+        Duration::from_secs(30),
+    )
+    .await?;
+    let target = Target {
+        http: http.clone(),
+        url: ports.bff_url(),
+        data: data.clone(),
+        origin: Instant::now(),
+    };
+    for _ in 0..20 {
+        let _ = target.compress(0.0).await;
+    }
+    let origin = Instant::now();
+    let target = Target { origin, ..target };
+    let kill_at = 4.0;
+    let down = args.down_secs;
+    // Heavy circuit: open_for 5 s by default; give it time to probe and close after the restart.
+    let total = kill_at + down + 12.0;
+
+    // /health poller: one request at a time, 10 ms apart.
+    let stop = Arc::new(AtomicBool::new(false));
+    let health_log: Arc<Mutex<Vec<Outcome>>> = Arc::default();
+    let poller = {
+        let t = target.clone();
+        let stop = stop.clone();
+        let log = health_log.clone();
+        tokio::spawn(async move {
+            for _ in 0..100_000 {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let o = t.health(t.origin.elapsed().as_secs_f64()).await;
+                log.lock().unwrap().push(o);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+    };
+    // Heavy load.
+    let load = {
+        let t = target.clone();
+        let rate = args.rate;
+        tokio::spawn(async move { open_loop(&t, rate, total, (rate * total) as usize + 1).await })
+    };
+
+    // Kill, then restart on the same port.
+    tokio::time::sleep_until((origin + Duration::from_secs_f64(kill_at)).into()).await;
+    let t_kill = origin.elapsed().as_secs_f64();
+    compute.kill9();
+    eprintln!("compute SIGKILLed at {t_kill:.3} s; down for {down} s");
+    tokio::time::sleep(Duration::from_secs_f64(down)).await;
+    let t_restart = origin.elapsed().as_secs_f64();
+    let mut compute2 = spawn_compute(&args.bin, &ports, &env, compute_log)?;
+    // When compute's gRPC port accepts connections again (5 ms polls, at most 10 s).
+    let mut t_port = None;
+    for _ in 0..2000 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", ports.grpc))
+            .await
+            .is_ok()
+        {
+            t_port = Some(origin.elapsed().as_secs_f64());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let (load_out, skipped, _) = load.await.expect("load task");
+    stop.store(true, Ordering::Relaxed);
+    let _ = poller.await;
+    let health = health_log.lock().unwrap().clone();
+    let (settled, settle_time) =
+        in_flight_settles(&http, &ports.bff_url(), "heavy", Duration::from_secs(10)).await;
+    let live = http
+        .get(format!("{}/health/live", ports.bff_url()))
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await
+        .map(|r| r.status().as_u16())
+        .unwrap_or(0);
+    let alive = bff.alive();
+    let metrics_text = scrape(&http, &format!("{}/metrics", ports.bff_url()))
+        .await
+        .unwrap_or_default();
+    bff.stop();
+    compute2.stop();
+
+    // Health timings.
+    let first_503 = health
+        .iter()
+        .filter(|o| o.done > t_kill && o.status == 503)
+        .map(|o| o.done)
+        .fold(f64::INFINITY, f64::min);
+    let first_200 = health
+        .iter()
+        .filter(|o| o.sent >= t_restart && o.status == 200)
+        .map(|o| o.done)
+        .fold(f64::INFINITY, f64::min);
+    let health_503_kinds = status_histogram(
+        health
+            .iter()
+            .filter(|o| o.done > t_kill && o.sent < first_200 && o.status != 200),
+    );
+    let first_heavy_200 = load_out
+        .iter()
+        .filter(|o| o.sent >= t_restart && o.status == 200)
+        .map(|o| o.done)
+        .fold(f64::INFINITY, f64::min);
+
+    // Heavy calls refused by the open circuit.
+    let circuit = sorted_latencies(
+        load_out
+            .iter()
+            .filter(|o| o.status == 503 && o.kind == "circuit-open"),
+    );
+    // Attribution of failures.
+    let mut attributed: BTreeMap<String, BTreeMap<String, usize>> = BTreeMap::new();
+    for o in load_out.iter().filter(|o| o.status != 200) {
+        let when = if o.sent < t_kill {
+            if o.done >= t_kill {
+                "a. in flight at the kill"
+            } else {
+                "0. before the kill"
+            }
+        } else if o.sent < t_restart {
+            "b. sent while compute was down"
+        } else {
+            "c. sent after the restart"
+        };
+        let key = match o.status {
+            0 => format!("no answer ({})", o.kind),
+            s => format!("{s} {}", o.kind),
+        };
+        *attributed
+            .entry(when.to_string())
+            .or_default()
+            .entry(key)
+            .or_default() += 1;
+    }
+    let total_failed: usize = load_out.iter().filter(|o| o.status != 200).count();
+    let in_flight_at_kill = load_out
+        .iter()
+        .filter(|o| o.sent < t_kill && o.done >= t_kill)
+        .count();
+    let other_5xx = load_out
+        .iter()
+        .filter(|o| o.status >= 500 && o.status != 503)
+        .count();
+    let circuit_opened = metric_sum(
+        &metrics_text,
+        "imagegate_lane_rejected_total",
+        &["lane=\"heavy\"", "reason=\"circuit_open\""],
+    );
+
+    let secs = |v: f64| {
+        if v.is_finite() {
+            format!("{:.0} ms", v * 1e3)
+        } else {
+            "never".into()
+        }
+    };
+    report.line(format!(
+        "### Failover: compute SIGKILLed under load, restarted on the same port {down} s later"
+    ));
+    report.line("");
+    report.line(format!(
+        "Default config (heavy: max_in_flight 32, circuit opens after 5 consecutive failures \
+         for 5 s; realtime: after 3, for 1 s; `bff.health_timeout` 1 s). Load: an open loop of \
+         `POST /v1/images/compress` ({}×{} JPEG, {}) at {} req/s for {total:.0} s, plus \
+         `GET /health` one at a time every 10 ms. Kill at {t_kill:.3} s, restart at \
+         {t_restart:.3} s (phase clock).",
+        args.width,
+        args.width * 2 / 3,
+        human_bytes(data.len()),
+        args.rate
+    ));
+    report.line("");
+    report.line("| measure | value | target | |");
+    report.line("|---|---|---|---|");
+    report.line(format!(
+        "| kill → first `/health` 503 | {} | ≤ 1 s | {} |",
+        secs(first_503 - t_kill),
+        verdict(first_503 - t_kill <= 1.0)
+    ));
+    report.line(format!(
+        "| restart → compute's gRPC port accepts | {} | | |",
+        t_port.map_or("never".into(), |t| secs(t - t_restart))
+    ));
+    report.line(format!(
+        "| restart → first `/health` 200 | {} | ≤ 2 s | {} |",
+        secs(first_200 - t_restart),
+        verdict(first_200 - t_restart <= 2.0)
+    ));
+    report.line(format!(
+        "| restart → first heavy (compress) 200 | {} | | |",
+        secs(first_heavy_200 - t_restart)
+    ));
+    report.line(format!(
+        "| `/health` answers between the kill and recovery | {} | | |",
+        histogram(&health_503_kinds)
+    ));
+    report.line(format!(
+        "| heavy calls refused by the open circuit: n; p50 / p99 / max | {}; {} / {} / {} | < 50 ms | {} |",
+        circuit.len(),
+        ms(pct(&circuit, 50.0)),
+        ms(pct(&circuit, 99.0)),
+        ms(pct(&circuit, 100.0)),
+        if circuit.is_empty() {
+            "no circuit-open answers"
+        } else {
+            verdict(pct(&circuit, 100.0) < Duration::from_millis(50))
+        }
+    ));
+    report.line(format!(
+        "| heavy `circuit_open` rejections (lane metric) | {circuit_opened:.0} | | |"
+    ));
+    report.line(format!(
+        "| heavy requests: sent (skipped) / failed / in flight at the kill | {} ({skipped}) / {total_failed} / {in_flight_at_kill} | | |",
+        load_out.len()
+    ));
+    for (when, h) in &attributed {
+        report.line(format!("| failed, {when} | {} | | |", histogram(h)));
+    }
+    report.line(format!("| 5xx other than 503 | {other_5xx} | | |"));
+    report.line(format!(
+        "| BFF alive at the end; `/health/live` | {}; {live} | never crashes | {} |",
+        if alive { "yes" } else { "**no**" },
+        verdict(alive && live == 200)
+    ));
+    report.line(format!(
+        "| heavy `imagegate_lane_in_flight` after the run | {} (after {:.1} s) | 0 | {} |",
+        settled.map_or("?".into(), |v| format!("{v:.0}")),
+        settle_time.as_secs_f64(),
+        verdict(settled == Some(0.0))
+    ));
+    report.line("");
+    // The /health timeline around the two events, for the doc.
+    report.line(
+        "`/health` timeline (phase clock, s: status, latency), around the kill and the restart:",
+    );
+    report.line("");
+    report.line("```text");
+    for o in health.iter().filter(|o| {
+        (o.done > t_kill - 0.05 && o.sent < t_kill + 0.3)
+            || (o.done > t_restart - 0.05 && o.sent < first_200 + 0.05)
+    }) {
+        report.line(format!(
+            "sent {:7.3}  done {:7.3}  {:3} {:>7}  {}",
+            o.sent,
+            o.done,
+            o.status,
+            ms(o.latency()),
+            o.kind
+        ));
+    }
+    report.line("```");
+    report.line("");
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+
+fn main() -> anyhow::Result<()> {
+    let args = match parse_args() {
+        Ok(Some(a)) => a,
+        Ok(None) => {
+            println!("{USAGE}");
+            return Ok(());
+        }
+        Err(e) => {
+            eprintln!("{e}\n{USAGE}");
+            std::process::exit(2);
+        }
+    };
+    std::fs::create_dir_all(&args.work)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let mut report = Report::new(args.out.clone());
+    let r = rt.block_on(async {
+        match args.phase.as_str() {
+            "overload" => overload(&args, &mut report).await,
+            _ => failover(&args, &mut report).await,
+        }
+    });
+    report.flush();
+    r
+}
