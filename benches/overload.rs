@@ -50,7 +50,7 @@ use bytes::Bytes;
 use support::*;
 
 const USAGE: &str = "usage: overload --phase overload|failover --bin PATH --work DIR [--out FILE] \
-[--cap N] [--queue-waits 250ms,0ms] [--compute-workers N] [--factor F] [--secs S] [--width PX] [--grain G] [--rate R] [--down-secs S]\n\
+[--cap N] [--max-queued N] [--queue-waits 250ms,0ms] [--compute-workers N] [--factor F] [--secs S] [--width PX] [--grain G] [--rate R] [--down-secs S]\n\
 Normally run by `make bench-overload` (scripts/bench-overload.sh).";
 
 /// Most requests outstanding at the client at once (open loop): beyond it a send is skipped
@@ -63,6 +63,8 @@ struct Args {
     work: PathBuf,
     out: Option<PathBuf>,
     cap: usize,
+    /// `lanes.heavy.max_queued` (default: half of `cap`, at least 1: the documented sizing).
+    max_queued: usize,
     queue_waits: Vec<String>,
     factor: f64,
     secs: f64,
@@ -88,6 +90,7 @@ fn parse_args() -> Result<Option<Args>, String> {
     let work: PathBuf = f.take("work").ok_or("--work is needed")?.into();
     let out = f.take("out").map(Into::into);
     let cap = f.num("cap", 8.0)?.max(1.0) as usize;
+    let max_queued = f.num("max-queued", (cap / 2).max(1) as f64)? as usize;
     let queue_waits = f
         .take("queue-waits")
         .unwrap_or_else(|| "250ms,0ms".into())
@@ -109,6 +112,7 @@ fn parse_args() -> Result<Option<Args>, String> {
         work,
         out,
         cap,
+        max_queued,
         queue_waits,
         factor,
         secs,
@@ -435,8 +439,8 @@ async fn overload(args: &Args, report: &mut Report) -> anyhow::Result<()> {
     .await?;
 
     report.line(format!(
-        "### Overload: heavy lane max_in_flight = {}, open loop at {}× its measured throughput",
-        args.cap, args.factor
+        "### Overload: heavy lane max_in_flight = {}, max_queued = {}, open loop at {}× its measured throughput",
+        args.cap, args.max_queued, args.factor
     ));
     report.line("");
     report.line(format!(
@@ -476,6 +480,10 @@ async fn overload(args: &Args, report: &mut Report) -> anyhow::Result<()> {
             args.cap.to_string(),
         ));
         env.push(("IMAGEGATE_LANES__HEAVY__QUEUE_WAIT".into(), qw.clone()));
+        env.push((
+            "IMAGEGATE_LANES__HEAVY__MAX_QUEUED".into(),
+            args.max_queued.to_string(),
+        ));
         let ports_b = Ports {
             bff: free_port(),
             ..ports.clone()

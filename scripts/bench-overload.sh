@@ -48,7 +48,7 @@ for phase in $PHASES; do
     case $phase in
     overload)
         timeout --signal=INT 900 "$BENCH" --phase overload --bin "$BIN" --work "$WORK" \
-            --cap "${OVERLOAD_CAP:-8}" --queue-waits "${OVERLOAD_QUEUE_WAITS:-250ms,0ms}" \
+            --cap "${OVERLOAD_CAP:-8}" ${OVERLOAD_MAX_QUEUED:+--max-queued "$OVERLOAD_MAX_QUEUED"} --queue-waits "${OVERLOAD_QUEUE_WAITS:-250ms,0ms}" \
             --compute-workers "${OVERLOAD_COMPUTE_WORKERS:-0}" --factor "${OVERLOAD_FACTOR:-4}" --secs "${OVERLOAD_SECS:-20}" \
             --width "${OVERLOAD_WIDTH:-1024}" --grain "${OVERLOAD_GRAIN:-4}" --out "$RESULTS" || die "overload phase failed"
         ;;

@@ -251,6 +251,9 @@ pub struct LaneConfig {
     /// How long a request may wait for a permit before it is shed with 503.
     #[serde(with = "humantime_serde")]
     pub queue_wait: Duration,
+    /// How many requests may wait for a permit at once; beyond that a request is shed at
+    /// once (503) instead of waiting out `queue_wait` behind a queue that never drains.
+    pub max_queued: usize,
     /// Per-call deadline, sent as grpc-timeout.
     #[serde(with = "humantime_serde")]
     pub deadline: Duration,
@@ -322,6 +325,7 @@ impl LaneConfig {
             connections: 4,
             max_in_flight: 32,
             queue_wait: Duration::from_millis(250),
+            max_queued: 16,
             deadline: Duration::from_secs(30),
             retries: 2,
             retry_backoff: Duration::from_millis(50),
@@ -351,6 +355,7 @@ impl LaneConfig {
             connections: 1,
             max_in_flight: 256,
             queue_wait: Duration::from_millis(50),
+            max_queued: 128,
             deadline: Duration::from_secs(2),
             retries: 1,
             retry_backoff: Duration::from_millis(20),
@@ -389,6 +394,11 @@ impl LaneConfig {
             (1..=100_000).contains(&self.max_in_flight),
             "max_in_flight",
             "must be 1..=100000",
+        );
+        check(
+            self.max_queued <= 100_000,
+            "max_queued",
+            "must be 0..=100000",
         );
         check(
             self.queue_wait <= Duration::from_secs(60),

@@ -148,6 +148,7 @@ fn diff_lane(
         "max_in_flight",
     );
     key(old.queue_wait != new.queue_wait, true, "queue_wait");
+    key(old.max_queued != new.max_queued, true, "max_queued");
     key(old.deadline != new.deadline, true, "deadline");
     key(old.retries != new.retries, true, "retries");
     key(

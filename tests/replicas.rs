@@ -198,7 +198,8 @@ async fn a_killed_replica_loses_its_share_and_wins_it_back_after_restart() {
         "{} failures after the kill (at most the {workers} in flight may fail): {failed:?}",
         failed.len()
     );
-    assert!(failed.iter().all(|s| *s == 502 || *s == 503), "{failed:?}");
+    // A call cut off by the kill is answered 503 + Retry-After (worth retrying), not 502.
+    assert!(failed.iter().all(|s| *s == 503), "{failed:?}");
     let text = reqwest::get(bff.url("/metrics"))
         .await
         .unwrap()

@@ -59,6 +59,7 @@ impl Lane {
         metrics: LaneMetrics,
     ) -> Self {
         let limiter = Limiter::new(config.max_in_flight);
+        limiter.set_max_queued(config.max_queued);
         metrics.limit.set(config.max_in_flight as i64);
         Lane {
             name: name.to_string(),
@@ -94,6 +95,7 @@ impl Lane {
     /// (connections, keepalive, windows, message size) take effect for new lanes only.
     pub fn set_limits(&self, config: LaneConfig) {
         self.limiter.set_limit(config.max_in_flight);
+        self.limiter.set_max_queued(config.max_queued);
         self.circuit.set_settings(config.circuit());
         self.upstream.set_eject((&config).into());
         self.metrics.limit.set(config.max_in_flight as i64);

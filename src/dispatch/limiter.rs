@@ -1,7 +1,14 @@
 //! A lane's admission control: one permit counter shared by the whole lane, whose capacity can
 //! grow and shrink at run time. Lowering the limit never interrupts calls in flight: the
 //! excess permits are retired as those calls finish.
+//!
+//! The wait for a permit is bounded twice: in time (`queue_wait`) and in length
+//! (`max_queued`). Under sustained overload a queue bounded only in time stays full, so every
+//! shed call waits the whole `queue_wait` for nothing and every admitted one waits almost as
+//! long (`docs/benchmarks-overload.md`); with a short queue the excess is refused at once
+//! and the calls that do wait are served within about one call's time.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -12,6 +19,18 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 pub struct Limiter {
     semaphore: Arc<Semaphore>,
     state: Mutex<LimitState>,
+    /// Callers waiting for a permit now, and how many may.
+    queued: AtomicUsize,
+    max_queued: AtomicUsize,
+}
+
+/// Counts a caller as queued while it waits.
+struct Queued<'a>(&'a AtomicUsize);
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 #[derive(Debug)]
@@ -46,7 +65,14 @@ impl Limiter {
         Arc::new(Limiter {
             semaphore: Arc::new(Semaphore::new(limit)),
             state: Mutex::new(LimitState { limit, debt: 0 }),
+            queued: AtomicUsize::new(0),
+            max_queued: AtomicUsize::new(usize::MAX),
         })
+    }
+
+    /// How many callers may wait for a permit at once; beyond that a call is shed at once.
+    pub fn set_max_queued(&self, max: usize) {
+        self.max_queued.store(max, Ordering::Relaxed);
     }
 
     /// The limit in force.
@@ -54,16 +80,25 @@ impl Limiter {
         self.state.lock().expect("limiter lock").limit
     }
 
-    /// Waits up to `wait` for a permit; `None` means the lane is saturated (shed the call).
+    /// Waits up to `wait` for a permit, if fewer than `max_queued` callers are waiting
+    /// already; `None` means the lane is saturated (shed the call).
     pub async fn acquire(self: &Arc<Self>, wait: Duration) -> Option<Permit> {
         let semaphore = self.semaphore.clone();
         let permit = match semaphore.clone().try_acquire_owned() {
             Ok(p) => Some(p),
             Err(_) if wait.is_zero() => None,
-            Err(_) => tokio::time::timeout(wait, semaphore.acquire_owned())
-                .await
-                .ok()
-                .and_then(Result::ok),
+            Err(_) => {
+                let max = self.max_queued.load(Ordering::Relaxed);
+                if self.queued.fetch_add(1, Ordering::AcqRel) >= max {
+                    self.queued.fetch_sub(1, Ordering::AcqRel);
+                    return None;
+                }
+                let _queued = Queued(&self.queued);
+                tokio::time::timeout(wait, semaphore.acquire_owned())
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+            }
         }?;
         Some(Permit {
             permit: Some(permit),
@@ -114,6 +149,36 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(10)).await;
         drop(held);
         assert!(waiter.await.unwrap());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn beyond_max_queued_a_call_is_shed_at_once() {
+        let l = Limiter::new(1);
+        l.set_max_queued(2);
+        let held = l.acquire(Duration::ZERO).await.unwrap();
+        let waiters: Vec<_> = (0..2)
+            .map(|_| {
+                let l = l.clone();
+                tokio::spawn(async move { l.acquire(Duration::from_secs(1)).await.is_some() })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        // Two wait; the third is refused without waiting.
+        let start = tokio::time::Instant::now();
+        assert!(l.acquire(Duration::from_secs(1)).await.is_none());
+        assert_eq!(start.elapsed(), Duration::ZERO);
+        drop(held);
+        let served: Vec<bool> = futures_util::future::join_all(waiters)
+            .await
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+        // Each waiter got the permit in turn (a task drops it as it ends).
+        assert_eq!(served, [true, true]);
+        assert_eq!(l.queued.load(Ordering::Relaxed), 0, "nothing left queued");
+        // The queue has room again.
+        let again = l.acquire(Duration::from_millis(10)).await;
+        assert!(again.is_some());
     }
 
     #[tokio::test]
