@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 APT_GET := $(shell command -v apt-get 2>/dev/null)
 
-.PHONY: help deps test-deps build run test lint lint-deploy fmt bench-ops bench-edge bench-hol bench-overload soak clean
+.PHONY: help deps test-deps build run test lint lint-deploy fmt bench-ops bench-edge bench-hol bench-overload soak fuzz clean
 
 help: ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -64,6 +64,19 @@ bench-overload: deps ## heavy lane at 4x capacity (shedding, latency, RSS), then
 
 soak: deps ## 30 min of mixed load (SOAK_SECS=1800): RSS drift and fds of BFF and compute
 	scripts/soak.sh
+
+FUZZ_TIME ?= 600
+FUZZ_TARGETS := params multipart decode
+
+fuzz: ## cargo-fuzz targets one after another, FUZZ_TIME s each (default 600); docs/fuzzing.md
+	@rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
+	@command -v cargo-fuzz >/dev/null 2>&1 || $(CARGO) install cargo-fuzz --locked
+	@for t in $(FUZZ_TARGETS); do \
+	  mkdir -p fuzz/corpus/$$t; \
+	  echo "== fuzz $$t for $(FUZZ_TIME) s"; \
+	  $(CARGO) +nightly fuzz run $$t fuzz/corpus/$$t fuzz/seeds/$$t -- \
+	    -max_total_time=$(FUZZ_TIME) -rss_limit_mb=2048 || exit 1; \
+	done
 
 clean:
 	$(CARGO) clean

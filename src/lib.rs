@@ -30,6 +30,8 @@ pub mod config;
 pub mod dev;
 pub mod dispatch;
 pub mod edge;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod metrics;
 pub mod proto;
 pub mod reload;

@@ -7,7 +7,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use thiserror::Error;
 
 pub mod cli;
-mod decode;
+pub(crate) mod decode;
 mod encode;
 mod resize;
 mod watermark;
