@@ -12,8 +12,8 @@
 //!   place where errors become RFC 9457 problem+json responses.
 //! - [`dispatch`]: the [`dispatch::Dispatcher`]; its routing table picks a lane per RPC; each
 //!   [`dispatch::lane::Lane`] admits calls through a resizable permit counter, then sends them on
-//!   its own pool of tonic channels (real, separately connected TCP connections) with deadline,
-//!   safe retries and metrics.
+//!   its own pool of tonic channels (real, separately connected TCP connections) to each
+//!   compute replica ([`dispatch::balancer`]), with deadline, safe retries and metrics.
 //! - [`compute`]: the tonic server (ImageService, HealthService, `grpc.health.v1`, reflection),
 //!   the bounded CPU pool, and [`compute::ops`], the image operations as plain sync functions.
 //!
@@ -23,7 +23,9 @@
 //!
 //! Around them: [`config`] (one TOML file + env overrides, validated with key names),
 //! [`metrics`] (one Prometheus registry per server), [`proto`] (generated code),
-//! [`shutdown`] (signals), and [`dev`] (both servers in one process for `make run`).
+//! [`shutdown`] (signals), [`reload`] (live config reload), [`sockopt`] (the TCP
+//! retransmission floor and thread priority, which have no safe wrapper), and [`dev`] (both
+//! servers in one process for `make run`).
 
 pub mod compute;
 pub mod config;
