@@ -426,7 +426,8 @@ if csvc.get("clusterIP") != "None":
     problem("Service imagegate-compute must be headless (clusterIP: None)")
 env = {e["name"]: e.get("value") for e in bff.get("env", [])}
 url = env.get("GRPC_COMPUTE_URL") or ""
-m = re.fullmatch(r"(?:https?://)?([a-z0-9-]+)(?:\.[a-z0-9.-]+)?:(\d+)", url)
+# dns:// resolves the headless Service to every ready pod (the BFF balances over them).
+m = re.fullmatch(r"(?:https?://|dns:///?)?([a-z0-9-]+)(?:\.[a-z0-9.-]+)?:(\d+)", url)
 if not m or m.group(1) != "imagegate-compute" or int(m.group(2)) not in {p["port"] for p in csvc.get("ports", [])}:
     problem(f"BFF GRPC_COMPUTE_URL {url!r} must point at the headless Service imagegate-compute on its gRPC port")
 
