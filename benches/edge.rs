@@ -35,6 +35,9 @@ use imagegate::proto::image_service_client::ImageServiceClient;
 use imagegate::proto::{CompressRequest, ImageFormat};
 use tonic::transport::{Channel, Endpoint};
 
+mod support;
+use support::{histogram, human_bytes, ms, pct, photo, verdict};
+
 const MAX_MESSAGE: usize = 64 << 20;
 const QUALITY: i32 = 80;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
@@ -148,25 +151,7 @@ fn parse_args() -> Result<Option<Args>, String> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Payloads (copied from tests/support: a bench must not import tests)
-
-/// A photo-like RGB image: gradients, edges and noise (so codecs work as on a photo).
-/// `grain` is the noise's range (24 in tests/support; more gives more bytes per pixel).
-fn photo(width: u32, height: u32, grain: u64) -> image::RgbImage {
-    let mut seed = 0x2545F4914F6CDD1Du64;
-    image::RgbImage::from_fn(width, height, |x, y| {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        let noise = (seed % grain) as i32 - (grain / 2) as i32;
-        let base = [
-            (x * 255 / width.max(1)) as i32,
-            (y * 255 / height.max(1)) as i32,
-            if (x / 40 + y / 40) % 2 == 0 { 60 } else { 190 },
-        ];
-        image::Rgb(base.map(|c| (c + noise).clamp(0, 255) as u8))
-    })
-}
+// Payloads (the photo generator is benches/support's; a bench must not import tests)
 
 fn jpeg(width: u32, height: u32, grain: u64, quality: u8) -> Vec<u8> {
     let mut out = Vec::new();
@@ -335,54 +320,12 @@ impl Client {
 // ---------------------------------------------------------------------------------------------
 // Statistics and formatting
 
-/// Nearest-rank percentile of sorted samples.
-fn pct(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.2} ms", d.as_secs_f64() * 1e3)
-}
-
 fn delta_ms(a: Duration, b: Duration) -> String {
     format!("{:+.2} ms", (a.as_secs_f64() - b.as_secs_f64()) * 1e3)
 }
 
-fn human_bytes(n: usize) -> String {
-    if n >= 1 << 20 {
-        format!("{:.2} MiB", n as f64 / (1 << 20) as f64)
-    } else if n >= 1 << 10 {
-        format!("{:.1} KiB", n as f64 / 1024.0)
-    } else {
-        format!("{n} B")
-    }
-}
-
 fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
-}
-
-fn verdict(ok: bool) -> &'static str {
-    if ok {
-        "met"
-    } else {
-        "**missed**"
-    }
-}
-
-fn histogram(codes: &BTreeMap<String, usize>) -> String {
-    if codes.is_empty() {
-        return "none".into();
-    }
-    codes
-        .iter()
-        .map(|(k, v)| format!("{k} × {v}"))
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 /// Collects the markdown the run prints, and appends it to `--out` at the end.

@@ -157,30 +157,23 @@ struct Target {
 impl Target {
     /// One `POST /v1/images/compress` (JPEG Q80); `sent` is its scheduled start.
     async fn compress(&self, sent: f64) -> Outcome {
-        let resp = self
-            .http
-            .post(format!("{}/v1/images/compress", self.url))
-            .multipart(form(
-                &self.data,
-                "photo.jpg",
-                &[("quality", "80"), ("format", "jpeg")],
-            ))
-            .timeout(Duration::from_secs(60))
-            .send()
-            .await;
-        self.finish(sent, resp).await
+        self.post_compress(sent, "80").await
     }
 
     /// Diagnostic: the same upload with `quality=0`, which the BFF reads completely and then
     /// refuses (400) without asking the lane: the intake alone, the floor of a time to 503.
     async fn intake_only(&self, sent: f64) -> Outcome {
+        self.post_compress(sent, "0").await
+    }
+
+    async fn post_compress(&self, sent: f64, quality: &str) -> Outcome {
         let resp = self
             .http
             .post(format!("{}/v1/images/compress", self.url))
             .multipart(form(
                 &self.data,
                 "photo.jpg",
-                &[("quality", "0"), ("format", "jpeg")],
+                &[("quality", quality), ("format", "jpeg")],
             ))
             .timeout(Duration::from_secs(60))
             .send()

@@ -14,15 +14,6 @@ fn decode(bytes: &[u8]) -> image::DynamicImage {
     image::load_from_memory(bytes).unwrap()
 }
 
-async fn metrics(bff: &Bff) -> String {
-    reqwest::get(bff.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
 #[tokio::test]
 async fn every_image_endpoint_returns_a_real_image() {
     let compute = start_compute(compute_config(), None);
@@ -408,7 +399,7 @@ async fn every_error_row_of_the_contract_is_problem_json() {
     .await;
 
     // Nothing leaked: no call holds a permit.
-    let text = metrics(&bff).await;
+    let text = metrics_text(&bff).await;
     assert_eq!(
         metric(&text, "imagegate_lane_in_flight{lane=\"heavy\"}"),
         Some(0.0)
@@ -431,7 +422,7 @@ async fn a_deadline_passing_is_504() {
     let b = problem(r, StatusCode::GATEWAY_TIMEOUT).await;
     assert!(b["detail"].as_str().unwrap().contains("deadline"), "{b}");
     log.release("Compress");
-    let text = metrics(&bff).await;
+    let text = metrics_text(&bff).await;
     assert_eq!(
         metric(
             &text,
@@ -496,7 +487,7 @@ async fn lanes_use_separate_tcp_connections_and_shared_mode_uses_one() {
         heavy.is_disjoint(&realtime),
         "a realtime call shared a heavy connection"
     );
-    let text = metrics(&bff).await;
+    let text = metrics_text(&bff).await;
     assert_eq!(
         metric(&text, "imagegate_lane_connections{lane=\"heavy\"}"),
         Some(3.0)
@@ -546,7 +537,7 @@ async fn lanes_use_separate_tcp_connections_and_shared_mode_uses_one() {
         .copied()
         .collect();
     assert_eq!(all.len(), 1, "shared mode used {all:?}");
-    let text = metrics(&bff).await;
+    let text = metrics_text(&bff).await;
     assert_eq!(
         metric(&text, "imagegate_lane_connections{lane=\"shared\"}"),
         Some(1.0)
@@ -573,7 +564,7 @@ async fn a_saturated_heavy_lane_sheds_while_health_stays_up() {
     assert!(
         eventually(Duration::from_secs(20), async || {
             metric(
-                &metrics(&bff).await,
+                &metrics_text(&bff).await,
                 "imagegate_lane_in_flight{lane=\"heavy\"}",
             ) == Some(1.0)
         })
@@ -601,7 +592,7 @@ async fn a_saturated_heavy_lane_sheds_while_health_stays_up() {
     assert_eq!(body["status"], "ok");
     assert_eq!(body["info"]["grpc-compute"]["status"], "up");
 
-    let text = metrics(&bff).await;
+    let text = metrics_text(&bff).await;
     assert_eq!(
         metric(
             &text,
@@ -623,7 +614,7 @@ async fn a_saturated_heavy_lane_sheds_while_health_stays_up() {
 
     log.release("Compress");
     assert_eq!(slow.await.unwrap(), 200);
-    let text = metrics(&bff).await;
+    let text = metrics_text(&bff).await;
     assert_eq!(
         metric(&text, "imagegate_lane_in_flight{lane=\"heavy\"}"),
         Some(0.0)
@@ -706,7 +697,7 @@ async fn compute_down_then_back_is_survived_without_restarting_the_bff() {
         .await,
         "health stayed up with compute stopped"
     );
-    let text = metrics(&bff).await;
+    let text = metrics_text(&bff).await;
     assert_eq!(
         metric(&text, "imagegate_lane_in_flight{lane=\"heavy\"}"),
         Some(0.0)
@@ -796,7 +787,7 @@ async fn a_reload_under_load_changes_limits_without_failing_calls_in_flight() {
     assert!(
         eventually(Duration::from_secs(20), async || {
             metric(
-                &metrics(&bff).await,
+                &metrics_text(&bff).await,
                 "imagegate_lane_in_flight{lane=\"heavy\"}",
             ) == Some(3.0)
         })
@@ -818,7 +809,7 @@ async fn a_reload_under_load_changes_limits_without_failing_calls_in_flight() {
             .contains("lanes.heavy.max_in_flight"),
         "{outcome}"
     );
-    let text = metrics(&bff).await;
+    let text = metrics_text(&bff).await;
     assert_eq!(
         metric(&text, "imagegate_lane_limit{lane=\"heavy\"}"),
         Some(1.0)
@@ -851,7 +842,7 @@ async fn a_reload_under_load_changes_limits_without_failing_calls_in_flight() {
             .contains("lanes.heavy.max_in_flight"),
         "{b}"
     );
-    let text = metrics(&bff).await;
+    let text = metrics_text(&bff).await;
     assert_eq!(
         metric(&text, "imagegate_lane_limit{lane=\"heavy\"}"),
         Some(1.0)
@@ -868,7 +859,7 @@ async fn a_reload_under_load_changes_limits_without_failing_calls_in_flight() {
     }
     assert_eq!(
         metric(
-            &metrics(&bff).await,
+            &metrics_text(&bff).await,
             "imagegate_lane_in_flight{lane=\"heavy\"}"
         ),
         Some(0.0)
@@ -911,7 +902,7 @@ async fn an_open_circuit_fails_fast_then_recovers() {
     assert!(r.headers().contains_key("retry-after"));
     let b = problem(r, StatusCode::SERVICE_UNAVAILABLE).await;
     assert_eq!(b["type"], "urn:imagegate:problem:circuit-open", "{b}");
-    let text = metrics(&bff).await;
+    let text = metrics_text(&bff).await;
     assert_eq!(
         metric(
             &text,
@@ -936,7 +927,7 @@ async fn an_open_circuit_fails_fast_then_recovers() {
     );
     assert_eq!(
         metric(
-            &metrics(&bff).await,
+            &metrics_text(&bff).await,
             "imagegate_lane_in_flight{lane=\"heavy\"}"
         ),
         Some(0.0)

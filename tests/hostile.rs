@@ -596,12 +596,7 @@ async fn a_hostile_corpus_gets_clear_answers_and_no_5xx() {
         failures.join("\n  ")
     );
 
-    let text = reqwest::get(bff.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = metrics_text(&bff).await;
     assert_eq!(
         metric(&text, "imagegate_lane_in_flight{lane=\"heavy\"}"),
         Some(0.0)

@@ -200,12 +200,7 @@ async fn a_killed_replica_loses_its_share_and_wins_it_back_after_restart() {
     );
     // A call cut off by the kill is answered 503 + Retry-After (worth retrying), not 502.
     assert!(failed.iter().all(|s| *s == 503), "{failed:?}");
-    let text = reqwest::get(bff.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = metrics_text(&bff).await;
     assert!(
         metric(
             &text,
@@ -230,12 +225,7 @@ async fn a_killed_replica_loses_its_share_and_wins_it_back_after_restart() {
     let failed: Vec<_> = statuses.iter().filter(|s| **s != 200).collect();
     assert!(failed.len() <= workers, "{failed:?}");
 
-    let text = reqwest::get(bff.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = metrics_text(&bff).await;
     assert_eq!(
         metric(&text, "imagegate_lane_in_flight{lane=\"heavy\"}"),
         Some(0.0)
@@ -328,12 +318,7 @@ async fn a_dns_name_that_gains_an_address_is_picked_up() {
         .await,
         "the new address was never used"
     );
-    let text = reqwest::get(bff.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = metrics_text(&bff).await;
     assert_eq!(
         metric(
             &text,

@@ -103,12 +103,7 @@ async fn the_bff_speaks_tls_to_compute_and_refuses_an_untrusted_certificate() {
     let bff = start_bff(config);
     assert_eq!(health(&bff).await, 200);
     assert_eq!(compress(&bff).await, 200);
-    let text = reqwest::get(bff.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = metrics_text(&bff).await;
     assert!(metric(&text, "imagegate_lane_connections{lane=\"heavy\"}").unwrap() >= 1.0);
 
     // Trusting another CA: the handshake fails, the BFF answers 503, never 500.

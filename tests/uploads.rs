@@ -35,15 +35,6 @@ fn sha256_hex(data: &[u8]) -> String {
     hex::encode(Sha256::digest(data))
 }
 
-async fn metrics_text(bff: &Bff) -> String {
-    reqwest::get(bff.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
 /// What compute itself produces for these parameters (the plain compress endpoint).
 async fn compressed(bff: &Bff, image: Vec<u8>, quality: &str, format: &str) -> Vec<u8> {
     let r = post(

@@ -250,12 +250,7 @@ async fn s3_store_round_trip_dedup_batch_and_retention() {
         .collect();
     assert!(ids.iter().all(|i| i == &ids[0]), "{ids:?}");
     // Create-if-absent on S3 (If-None-Match: *): one write; the others found it there.
-    let m = reqwest::get(bff.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = metrics_text(&bff).await;
     assert_eq!(
         metric(
             &m,
@@ -385,12 +380,7 @@ async fn an_s3_store_that_goes_away_answers_503_problem() {
     );
     let r = reqwest::get(&url).await.unwrap();
     assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
-    let m = reqwest::get(bff.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = metrics_text(&bff).await;
     assert!(
         metric(
             &m,

@@ -1,4 +1,4 @@
-//! Shared by the `overload` and `soak` benches: starting and stopping the real processes,
+//! Shared by the `edge`, `overload` and `soak` benches: starting and stopping the real processes,
 //! payloads, /proc sampling, /metrics scraping, statistics and the markdown report.
 //!
 //! Not a bench of its own (cargo only discovers `benches/*.rs` and `benches/*/main.rs`).
@@ -387,7 +387,7 @@ pub async fn in_flight_settles(
 }
 
 // ---------------------------------------------------------------------------------------------
-// Payloads (copied from benches/edge.rs: a bench must not import tests)
+// Payloads (like tests/support's: a bench must not import tests)
 
 /// A photo-like RGB image: gradients, edges and noise.
 pub fn photo(width: u32, height: u32, grain: u64) -> image::RgbImage {

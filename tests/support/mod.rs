@@ -415,6 +415,16 @@ pub fn file(data: Vec<u8>) -> reqwest::multipart::Part {
 }
 
 /// POSTs a multipart form.
+/// The BFF's `/metrics` text (on its main listener).
+pub async fn metrics_text(bff: &Bff) -> String {
+    reqwest::get(bff.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 pub async fn post(url: String, form: reqwest::multipart::Form) -> reqwest::Response {
     reqwest::Client::new()
         .post(url)
