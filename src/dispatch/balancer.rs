@@ -335,10 +335,6 @@ impl Upstream {
         self.endpoints.load_full()
     }
 
-    pub fn target(&self) -> &Target {
-        &self.target
-    }
-
     /// New ejection thresholds, for decisions from now on.
     pub fn set_eject(&self, settings: EjectSettings) {
         self.eject.store(Arc::new(settings));

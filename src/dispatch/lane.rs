@@ -85,11 +85,6 @@ impl Lane {
         &self.metrics
     }
 
-    /// The lane's compute endpoints.
-    pub fn upstream(&self) -> &Arc<Upstream> {
-        &self.upstream
-    }
-
     /// Applies new limits (max in flight, queue wait, deadline, retries, budget) to calls
     /// admitted from now on; calls in flight finish under the old ones. Connection settings
     /// (connections, keepalive, windows, message size) take effect for new lanes only.
