@@ -17,10 +17,10 @@ deps: ## tools: nasm (mozjpeg SIMD), prometheus + promtool (tests, lint-deploy);
 	  else echo "warning: nasm missing; JPEG will be built without SIMD"; fi; }
 	@command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1 || { \
 	  if [ -n "$(APT_GET)" ] && [ "$$(id -u)" = 0 ]; then \
-	    echo "installing prometheus + promtool (tests/prometheus_scrape.rs, make lint-deploy)"; \
+	    echo "installing prometheus + promtool (tests/it/prometheus_scrape.rs, make lint-deploy)"; \
 	    scripts/lint-deploy.sh install-prometheus \
-	      || echo "warning: could not install prometheus; tests/prometheus_scrape.rs will fail"; \
-	  else echo "warning: prometheus missing (apt-get install prometheus); tests/prometheus_scrape.rs will fail"; fi; }
+	      || echo "warning: could not install prometheus; tests/it/prometheus_scrape.rs will fail"; \
+	  else echo "warning: prometheus missing (apt-get install prometheus); tests/it/prometheus_scrape.rs will fail"; fi; }
 
 build: deps ## release build of the imagegate binary
 	$(CARGO) build --release --bin imagegate
@@ -38,7 +38,7 @@ test-deps: ## the S3-protocol server the S3 tests start (moto_server, from PyPI;
 	  moto_server --help >/dev/null 2>&1 || { echo "error: moto_server is not on PATH after installing moto[server]" >&2; exit 1; }; }
 
 test: deps test-deps ## the whole test suite (unit, integration, end-to-end)
-	$(CARGO) test --lib --bins --tests
+	$(CARGO) test --tests
 
 lint: lint-deploy ## lint-deploy, then rustfmt check and clippy with warnings as errors
 	$(CARGO) fmt --all -- --check

@@ -42,7 +42,7 @@ fail() {
 # ----------------------------------------------------------------------------- installs
 
 # Debian's prometheus package brings promtool and the prometheus server (which
-# tests/prometheus_scrape.rs starts). Its postinst would start a system service on :9090;
+# tests/it/prometheus_scrape.rs starts). Its postinst would start a system service on :9090;
 # containers usually forbid that (policy-rc.d), but make sure none is left running.
 install_prometheus() {
   if command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1; then
@@ -506,8 +506,10 @@ sys.exit(1 if problems else 0)
 EOF
 
 # ----------------------------------------------------------------------------- 6. live scrape
-say "cargo build --bin imagegate"
-cargo build --quiet --bin imagegate || fail "cargo build --bin imagegate failed"
+# Built the way `make test` builds it (with the dev-dependencies' features unified), so that
+# CI, which runs this and then the tests, compiles the dependency tree once, not twice.
+say "cargo test --no-run --test it (builds target/debug/imagegate as the tests do)"
+cargo test --quiet --no-run --test it || fail "cargo test --no-run --test it failed"
 BIN=$ROOT/target/debug/imagegate
 
 free_port() { "$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }

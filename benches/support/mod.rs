@@ -387,7 +387,7 @@ pub async fn in_flight_settles(
 }
 
 // ---------------------------------------------------------------------------------------------
-// Payloads (like tests/support's: a bench must not import tests)
+// Payloads (like tests/it/support's: a bench must not import tests)
 
 /// A photo-like RGB image: gradients, edges and noise.
 pub fn photo(width: u32, height: u32, grain: u64) -> image::RgbImage {

@@ -253,7 +253,7 @@ impl Lane {
                     return Err(self.deadline_exceeded(config));
                 }
                 Ok(Ok(response)) => return Ok((response, picked)),
-                Ok(Err(status)) => status,
+                Ok(Err(status)) => transport_failure_is_unavailable(status),
             };
             tried.push(picked.endpoint.clone());
             picked.record(Outcome::of(status.code()));
@@ -304,20 +304,65 @@ pub fn backoff(base: Duration, attempt: u32) -> Duration {
 }
 
 /// True when the call failed before any byte of it reached the server: the connection could
-/// not be made. Only then is a retry safe for a non-idempotent call.
+/// not be made, or the call was still queued on a connection that closed. Only then is a retry
+/// safe for a non-idempotent call.
 pub fn never_reached_server(status: &Status) -> bool {
-    if status.code() != Code::Unavailable {
-        return false;
+    status.code() == Code::Unavailable
+        && (source_of::<tonic::ConnectError>(status).is_some()
+            || source_of::<NotSent>(status).is_some())
+}
+
+/// tonic reports the transport's own failures with a hyper error as the source: a connection
+/// that broke mid-call (compute killed, connection reset) as UNKNOWN, a call still queued on a
+/// connection that closed as CANCELLED. Both are compute being unreachable, not an answer
+/// from it: they become UNAVAILABLE here, once, so the lane metrics, the circuit, the balancer
+/// and the HTTP answer (503 + Retry-After, not 502) all see the same code. The queued call
+/// never left the BFF, so it is marked [`NotSent`] and may be retried on another endpoint.
+fn transport_failure_is_unavailable(status: Status) -> Status {
+    if matches!(status.code(), Code::Ok | Code::Unavailable) {
+        return status;
     }
+    let Some(transport) = source_of::<hyper::Error>(&status) else {
+        return status;
+    };
+    if transport.is_canceled() {
+        let mut unsent = Status::unavailable(format!(
+            "the connection to the compute service closed before the call was sent: {}",
+            status.message()
+        ));
+        unsent.set_source(Arc::new(NotSent));
+        unsent
+    } else {
+        Status::unavailable(format!(
+            "the connection to the compute service broke during the call: {}",
+            status.message()
+        ))
+    }
+}
+
+/// The first error of type `E` in the status's chain of sources.
+fn source_of<E: std::error::Error + 'static>(status: &Status) -> Option<&E> {
     let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
     while let Some(err) = source {
-        if err.is::<tonic::ConnectError>() {
-            return true;
+        if let Some(found) = err.downcast_ref::<E>() {
+            return Some(found);
         }
         source = err.source();
     }
-    false
+    None
 }
+
+/// Marks a call that never left the BFF: it was queued on a connection that closed first.
+#[derive(Debug)]
+struct NotSent;
+
+impl std::fmt::Display for NotSent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the call was queued on a connection that closed before it was sent")
+    }
+}
+
+impl std::error::Error for NotSent {}
 
 struct StreamRecord {
     metrics: LaneMetrics,
@@ -406,6 +451,7 @@ impl<T> Stream for LaneStream<T> {
             Poll::Pending => Poll::Pending,
             Poll::Ready(Some(Ok(item))) => Poll::Ready(Some(Ok(item))),
             Poll::Ready(Some(Err(status))) => {
+                let status = transport_failure_is_unavailable(status);
                 this.finish(status.code());
                 Poll::Ready(Some(Err(DispatchError::Status(status))))
             }
@@ -449,5 +495,8 @@ mod tests {
             std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
         ))));
         assert!(never_reached_server(&s));
+        let mut queued = Status::unavailable("connection closed");
+        queued.set_source(Arc::new(NotSent));
+        assert!(never_reached_server(&queued));
     }
 }

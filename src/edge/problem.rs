@@ -189,18 +189,6 @@ impl From<crate::store::StoreError> for Problem {
     }
 }
 
-/// True when the status carries a transport (HTTP/2 connection) error as its cause.
-fn broken_connection(status: &tonic::Status) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
-    while let Some(err) = source {
-        if err.is::<hyper::Error>() {
-            return true;
-        }
-        source = err.source();
-    }
-    false
-}
-
 /// The contract's status table, from compute's gRPC status and ErrorInfo reason.
 pub fn from_status(status: &tonic::Status) -> Problem {
     let message = status.message().to_string();
@@ -234,14 +222,6 @@ pub fn from_status(status: &tonic::Status) -> Problem {
         (Code::Unavailable, _) => Problem::unavailable(
             "compute-unavailable",
             format!("the compute service is unreachable: {message}"),
-            COMPUTE_RETRY_AFTER,
-        ),
-        // tonic reports a connection that broke mid-call (compute killed, reset) as UNKNOWN
-        // with the transport error as its source: that is compute being unreachable, worth a
-        // retry (503 + Retry-After), not a failure of the image (502).
-        (Code::Unknown, _) if broken_connection(status) => Problem::unavailable(
-            "compute-unavailable",
-            format!("the connection to the compute service broke during the call: {message}"),
             COMPUTE_RETRY_AFTER,
         ),
         (code, _) => Problem::new(
@@ -284,7 +264,8 @@ mod tests {
             (tonic::Status::deadline_exceeded("x"), 504),
             (tonic::Status::unavailable("x"), 503),
             (tonic::Status::internal("x"), 502),
-            // UNKNOWN without a broken connection under it: compute itself failed.
+            // UNKNOWN from compute itself (a broken connection is UNAVAILABLE by now: the
+            // dispatcher maps transport failures).
             (tonic::Status::unknown("x"), 502),
         ];
         for (s, want) in cases {

@@ -1,16 +1,14 @@
 //! TLS and mutual TLS between the BFF and compute, with certificates made in the test (a CA,
 //! a server certificate for `localhost`, a client certificate for the BFF).
 
-mod support;
-
 use std::path::PathBuf;
 
+use crate::support::*;
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
     KeyPair, KeyUsagePurpose,
 };
 use reqwest::multipart::Form;
-use support::*;
 
 struct Pki {
     _dir: TempDir,

@@ -2,7 +2,7 @@
 //! line per enum value, field and method, and every line of the checked-in snapshot
 //! (`proto/compute/compute.snapshot.txt`) must still be there. Adding is fine; removing,
 //! renaming, renumbering or retyping fails. After an intended addition, refresh the snapshot
-//! with `UPDATE_PROTO_SNAPSHOT=1 cargo test --test proto_compat`.
+//! with `UPDATE_PROTO_SNAPSHOT=1 cargo test --test it proto_compat`.
 
 use std::collections::BTreeSet;
 

@@ -3,18 +3,16 @@
 //! (`[bff] admin_listen`), and the body read timeout (`[bff] body_read_timeout`) with stalled
 //! and vanishing uploads sent by a raw TCP client.
 
-mod support;
-
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::support::*;
 use imagegate::config::Config;
 use imagegate::edge::auth::ApiKeys;
 use reqwest::multipart::Form;
 use reqwest::StatusCode;
 use serde_json::Value;
-use support::*;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -291,7 +289,7 @@ fn the_new_bff_keys_have_defaults_and_the_example_config_agrees() {
     assert!(defaults.bff.api_keys.is_empty(), "auth is off by default");
     assert_eq!(defaults.bff.admin_listen, None);
     assert_eq!(defaults.bff.body_read_timeout, Duration::from_secs(30));
-    let example = Config::from_toml(include_str!("../deploy/imagegate.example.toml")).unwrap();
+    let example = Config::from_toml(include_str!("../../deploy/imagegate.example.toml")).unwrap();
     assert_eq!(example.bff.api_keys, defaults.bff.api_keys);
     assert_eq!(example.bff.admin_listen, defaults.bff.admin_listen);
     assert_eq!(

@@ -1,14 +1,12 @@
 //! End to end: the real compute server and the real BFF on ephemeral ports, over real TCP,
 //! called as a web client would (multipart in, image or SSE or problem+json out).
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::*;
 use reqwest::multipart::Form;
 use reqwest::StatusCode;
 use serde_json::Value;
-use support::*;
 
 fn decode(bytes: &[u8]) -> image::DynamicImage {
     image::load_from_memory(bytes).unwrap()

@@ -1,15 +1,13 @@
 //! The real compute server on 127.0.0.1:0, called with a tonic client: every RPC, the error
 //! statuses with their ErrorInfo reasons, both health services, and reflection.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
+use crate::support::*;
 use imagegate::compute::status::reason_of;
 use imagegate::proto::health_service_client::HealthServiceClient;
 use imagegate::proto::image_service_client::ImageServiceClient;
 use imagegate::proto::*;
-use support::*;
 use tonic::transport::Channel;
 use tonic::Code;
 

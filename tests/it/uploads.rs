@@ -2,18 +2,16 @@
 //! real BFF on ephemeral ports, a real data directory; plus the retention sweep, run
 //! directly on a store with a short max age and a tiny byte budget.
 
-mod support;
-
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
+use crate::support::*;
 use imagegate::config::{Config, Size, StoreConfig};
 use imagegate::store::{ObjectId, Store};
 use reqwest::multipart::Form;
 use reqwest::StatusCode;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use support::*;
 
 fn config_with_store(compute_url: &str, dir: &Path) -> Config {
     let mut c = bff_config(compute_url);

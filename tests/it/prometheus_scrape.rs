@@ -6,15 +6,13 @@
 //! Prometheus is installed by `make deps` (which `make test` runs) or `make lint-deploy`; if it
 //! is missing this test fails and says so: it never passes without having run.
 
-mod support;
-
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::support::*;
 use serde_json::Value;
-use support::*;
 
 /// How long Prometheus may take to start, scrape both targets and evaluate the rules.
 const WAIT: Duration = Duration::from_secs(60);

@@ -2,14 +2,12 @@
 //! replica's share moves to the others and comes back after a restart, and a `dns://` name
 //! that gains an address is followed.
 
-mod support;
-
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::support::*;
 use reqwest::multipart::Form;
-use support::*;
 
 /// Statuses of compress calls sent by `workers` concurrent clients until `stop` is set.
 struct Load {
@@ -211,6 +209,14 @@ async fn a_killed_replica_loses_its_share_and_wins_it_back_after_restart() {
         "the dead replica was never ejected"
     );
     assert!(load.total() > at_kill);
+    // The lane metrics agree with the HTTP answer: a connection cut mid-call is UNAVAILABLE.
+    assert!(
+        !text
+            .lines()
+            .any(|l| l.starts_with("imagegate_lane_requests_total")
+                && l.contains("code=\"UNKNOWN\"")),
+        "a broken connection was counted as UNKNOWN:\n{text}"
+    );
 
     // Restarted on the same address: it gets traffic again.
     let back = CallLog::default();

@@ -2,14 +2,12 @@
 //! expected status, problem+json for every error, never a 5xx, never a leaked permit, and the
 //! servers still healthy at the end.
 
-mod support;
-
 use std::io::Cursor;
 
+use crate::support::*;
 use image::{DynamicImage, ImageFormat};
 use reqwest::multipart::{Form, Part};
 use serde_json::Value;
-use support::*;
 
 fn part(data: Vec<u8>) -> Part {
     Part::bytes(data)

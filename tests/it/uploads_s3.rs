@@ -2,12 +2,11 @@
 //! `moto_server` (from PyPI, installed by `make test-deps`), started by the test on a free
 //! port and killed at the end. Without it these tests fail and say how to install it.
 
-mod support;
-
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use crate::support::*;
 use futures_util::TryStreamExt;
 use imagegate::config::{Config, Size, StoreBackend, StoreConfig};
 use imagegate::store::Store;
@@ -18,7 +17,6 @@ use reqwest::multipart::Form;
 use reqwest::StatusCode;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use support::*;
 
 const BUCKET: &str = "imagegate-test";
 const HINT: &str =
