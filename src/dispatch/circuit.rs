@@ -99,6 +99,16 @@ impl Circuit {
         )
     }
 
+    /// Compute was seen answering by another way (a health check on the realtime lane): an
+    /// open circuit lets its next call through as the probe now rather than at the end of
+    /// `open_for`. The probe decides as usual, so a false hint costs one failed call.
+    pub fn probe_now(&self) {
+        let mut inner = self.0.lock().expect("circuit lock");
+        if matches!(inner.state, State::Open { .. }) {
+            inner.state = State::HalfOpen { probing: false };
+        }
+    }
+
     /// May a call go through now?
     pub fn allow(self: &Arc<Self>) -> Result<Ticket, Open> {
         let mut inner = self.0.lock().expect("circuit lock");
@@ -203,6 +213,32 @@ mod tests {
         assert!(c.allow().is_err(), "one probe at a time");
         probe.record(false);
         assert!(c.allow().is_ok(), "closed again");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_serving_hint_lets_the_next_call_probe_before_open_for_ends() {
+        let c = Arc::new(Circuit::new(settings()));
+        for _ in 0..3 {
+            call(&c, true);
+        }
+        assert!(c.allow().is_err());
+        c.probe_now();
+        let probe = c.allow().expect("the hint makes the next call a probe");
+        assert!(c.allow().is_err(), "still one probe at a time");
+        probe.record(true);
+        assert!(
+            c.is_open(),
+            "a failed probe opens it again, for the full open_for"
+        );
+        assert_eq!(c.allow().unwrap_err().retry_after, Duration::from_secs(1));
+        c.probe_now();
+        call(&c, false);
+        assert!(
+            !c.is_open() && call(&c, false),
+            "a successful probe closes it"
+        );
+        c.probe_now();
+        assert!(!c.is_open(), "a hint never opens a closed circuit");
     }
 
     #[tokio::test(start_paused = true)]

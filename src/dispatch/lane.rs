@@ -111,6 +111,12 @@ impl Lane {
         })
     }
 
+    /// Compute answered a health check on another lane that shares this lane's address: an
+    /// open circuit probes with its next call instead of waiting out `circuit_open_for`.
+    pub fn compute_is_serving(&self) {
+        self.circuit.probe_now();
+    }
+
     /// True when the lane's circuit is open (calls fail fast).
     pub fn circuit_open(&self) -> bool {
         self.circuit.is_open()

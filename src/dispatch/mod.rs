@@ -90,6 +90,9 @@ impl Drop for LaneRuntime {
 pub struct Dispatcher {
     mode: Mode,
     lanes: HashMap<String, Arc<Lane>>,
+    /// Each lane's compute address (its own `url`, or `compute_url`): a health check that
+    /// finds compute serving speaks for every lane sending to the same address.
+    addresses: HashMap<String, String>,
     routes: std::collections::BTreeMap<String, String>,
     // Declared last: runtimes stop after the lanes' channels are dropped.
     _runtimes: Vec<LaneRuntime>,
@@ -138,6 +141,7 @@ impl Dispatcher {
         };
         let families = LaneMetricFamilies::new(registry);
         let mut lanes = HashMap::new();
+        let mut addresses = HashMap::new();
         let mut runtimes = Vec::new();
         // In shared mode every lane without an address of its own sends on one connection,
         // driven by one runtime, with the heavy lane's settings (and room for the larger of
@@ -183,10 +187,13 @@ impl Dispatcher {
                 name.to_string(),
                 Arc::new(Lane::new(name, lane_config.clone(), pool, metrics)),
             );
+            let address = lane_config.url.as_deref().unwrap_or(&config.compute_url);
+            addresses.insert(name.to_string(), address.to_string());
         }
         let dispatcher = Dispatcher {
             mode: config.mode,
             lanes,
+            addresses,
             routes: config.routes.clone(),
             _runtimes: runtimes,
         };
@@ -316,7 +323,25 @@ impl Dispatcher {
                     lane: lane.name().to_string(),
                     deadline: timeout,
                 })??;
-        Ok(crate::proto::ServingStatus::try_from(response.status)
-            .unwrap_or(crate::proto::ServingStatus::Unknown))
+        let status = crate::proto::ServingStatus::try_from(response.status)
+            .unwrap_or(crate::proto::ServingStatus::Unknown);
+        if status == crate::proto::ServingStatus::Serving {
+            self.compute_is_serving(lane.name());
+        }
+        Ok(status)
+    }
+
+    /// Compute at `checked`'s address answered SERVING: the other lanes sending there stop
+    /// failing fast now (their open circuits probe with the next call) rather than after
+    /// `circuit_open_for`, so heavy calls recover with `/health`, not seconds later.
+    fn compute_is_serving(&self, checked: &str) {
+        let Some(address) = self.addresses.get(checked) else {
+            return;
+        };
+        for (name, lane) in &self.lanes {
+            if name != checked && self.addresses.get(name) == Some(address) {
+                lane.compute_is_serving();
+            }
+        }
     }
 }

@@ -626,12 +626,7 @@ async fn a_saturated_heavy_lane_sheds_while_health_stays_up() {
 #[tokio::test]
 async fn compute_down_then_back_is_survived_without_restarting_the_bff() {
     // Find a free port, then leave it closed: compute is "down".
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let addr = unused_addr();
     let mut config = bff_config(&format!("http://{addr}"));
     config.lanes.heavy.retry_backoff = Duration::from_millis(5);
     let bff = start_bff(config);
@@ -873,12 +868,7 @@ async fn a_reload_under_load_changes_limits_without_failing_calls_in_flight() {
 
 #[tokio::test]
 async fn an_open_circuit_fails_fast_then_recovers() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let addr = unused_addr();
     let mut config = bff_config(&format!("http://{addr}"));
     config.lanes.heavy.retries = 0;
     config.lanes.heavy.circuit_failures = 2;
@@ -929,5 +919,51 @@ async fn an_open_circuit_fails_fast_then_recovers() {
             "imagegate_lane_in_flight{lane=\"heavy\"}"
         ),
         Some(0.0)
+    );
+}
+
+#[tokio::test]
+async fn a_serving_health_check_reopens_the_heavy_lane_without_waiting_out_the_circuit() {
+    let addr = unused_addr();
+    let mut config = bff_config(&format!("http://{addr}"));
+    config.lanes.heavy.retries = 0;
+    config.lanes.heavy.circuit_failures = 2;
+    // Far longer than the test: only the health check can end it early.
+    config.lanes.heavy.circuit_open_for = Duration::from_secs(3600);
+    let bff = start_bff(config);
+    let compress = async || {
+        post(
+            bff.url("/v1/images/compress"),
+            Form::new().part("file", file(jpeg(16, 16))),
+        )
+        .await
+    };
+    for _ in 0..2 {
+        assert_eq!(compress().await.status(), 503);
+    }
+    let b = problem(compress().await, StatusCode::SERVICE_UNAVAILABLE).await;
+    assert_eq!(b["type"], "urn:imagegate:problem:circuit-open", "{b}");
+
+    let _compute = start_compute_at(addr, compute_config(), None);
+    // Still open: nothing has told the heavy lane that compute is back.
+    let b = problem(compress().await, StatusCode::SERVICE_UNAVAILABLE).await;
+    assert_eq!(b["type"], "urn:imagegate:problem:circuit-open", "{b}");
+    assert!(
+        eventually(Duration::from_secs(30), async || reqwest::get(
+            bff.url("/health")
+        )
+        .await
+        .unwrap()
+        .status()
+            == 200)
+        .await,
+        "the BFF never saw compute come back"
+    );
+    // /health found compute serving on the realtime lane: the heavy lane's next call probes.
+    assert_eq!(compress().await.status(), 200);
+    assert_eq!(
+        compress().await.status(),
+        200,
+        "the probe closed the circuit"
     );
 }

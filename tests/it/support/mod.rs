@@ -147,6 +147,15 @@ impl Drop for Bff {
 }
 
 /// Test defaults for the BFF, pointed at `compute_url`.
+/// A loopback address nothing listens on (a port the kernel just handed out and took back):
+/// where compute will be started later, or never.
+pub fn unused_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
 pub fn bff_config(compute_url: &str) -> Config {
     let mut c = Config {
         compute_url: compute_url.to_string(),
