@@ -245,31 +245,30 @@ async fn a_killed_replica_loses_its_share_and_wins_it_back_after_restart() {
     );
 }
 
-/// An `/etc/hosts` entry this test owns; removed on drop (the file is rewritten in place, as
-/// it may be a bind mount).
+/// An `/etc/hosts` entry this test owns, appended at the end and removed on drop by cutting
+/// the file back to its old length. Both are single system calls on the file in place (it may
+/// be a bind mount), so other tests resolving `localhost` at the same moment never see the
+/// file empty or half rewritten.
 struct HostsEntry {
-    name: String,
+    old_len: u64,
 }
 
 impl HostsEntry {
-    fn add(name: &str, ip: &str) -> std::io::Result<()> {
+    fn add(name: &str, ip: &str) -> std::io::Result<HostsEntry> {
         use std::io::Write;
         let mut f = std::fs::OpenOptions::new()
             .append(true)
             .open("/etc/hosts")?;
-        writeln!(f, "{ip} {name}")
+        let old_len = f.metadata()?.len();
+        f.write_all(format!("{ip} {name}\n").as_bytes())?;
+        Ok(HostsEntry { old_len })
     }
 }
 
 impl Drop for HostsEntry {
     fn drop(&mut self) {
-        if let Ok(text) = std::fs::read_to_string("/etc/hosts") {
-            let kept: String = text
-                .lines()
-                .filter(|l| !l.split_whitespace().skip(1).any(|n| n == self.name))
-                .map(|l| format!("{l}\n"))
-                .collect();
-            let _ = std::fs::write("/etc/hosts", kept);
+        if let Ok(f) = std::fs::OpenOptions::new().write(true).open("/etc/hosts") {
+            let _ = f.set_len(self.old_len);
         }
     }
 }
@@ -278,10 +277,9 @@ impl Drop for HostsEntry {
 async fn a_dns_name_that_gains_an_address_is_picked_up() {
     // The system resolver reads /etc/hosts; this test needs to write it (CI runs as root).
     let name = format!("imagegate-replicas-{}.test", std::process::id());
-    if let Err(e) = HostsEntry::add(&name, "127.0.0.1") {
-        panic!("this test adds a name to /etc/hosts and needs to write it: {e}");
-    }
-    let _entry = HostsEntry { name: name.clone() };
+    let _entry = HostsEntry::add(&name, "127.0.0.1").unwrap_or_else(|e| {
+        panic!("this test adds a name to /etc/hosts and needs to write it: {e}")
+    });
 
     // Two replicas on the same port, on two loopback addresses.
     let first_log = CallLog::default();
@@ -310,7 +308,7 @@ async fn a_dns_name_that_gains_an_address_is_picked_up() {
     assert_eq!(first_log.count("Compress"), 6);
     assert_eq!(second_log.count("Compress"), 0);
 
-    HostsEntry::add(&name, "127.0.0.2").unwrap();
+    let _second_entry = HostsEntry::add(&name, "127.0.0.2").unwrap();
     assert!(
         eventually(Duration::from_secs(20), async || {
             let r = post(
