@@ -168,14 +168,40 @@ pub fn bff_config(compute_url: &str) -> Config {
     c
 }
 
-/// A fresh directory under the system temp dir, unique in this process.
+/// A fresh directory under this test run's scratch root (`$TMPDIR/imagegate-test-<pid>`).
+/// BFFs started from [`bff_config`] outlive nothing that could remove it, so a run's root is
+/// left for looking into a failure and removed by the next run, once its process is gone.
 pub fn scratch_dir(what: &str) -> std::path::PathBuf {
+    static ROOT: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
     static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let root = ROOT.get_or_init(|| {
+        remove_scratch_of_finished_runs();
+        std::env::temp_dir().join(format!("imagegate-test-{}", std::process::id()))
+    });
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let dir =
-        std::env::temp_dir().join(format!("imagegate-test-{}-{what}-{n}", std::process::id()));
+    let dir = root.join(format!("{what}-{n}"));
     std::fs::create_dir_all(&dir).unwrap();
     dir
+}
+
+/// Removes `imagegate-test-<pid>…` entries of the temp dir whose process no longer runs.
+fn remove_scratch_of_finished_runs() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(rest) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("imagegate-test-"))
+        else {
+            continue;
+        };
+        let pid = rest.split('-').next().unwrap_or_default();
+        if pid.parse::<u32>().is_ok() && !std::path::Path::new("/proc").join(pid).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 pub fn start_bff(config: Config) -> Bff {
