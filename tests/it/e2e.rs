@@ -458,6 +458,40 @@ async fn a_compute_that_fails_is_502() {
     problem(r, StatusCode::BAD_GATEWAY).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_cut_off_by_compute_dying_is_503_and_unavailable_in_the_lane_metrics() {
+    let log = CallLog::default();
+    log.hold("Compress");
+    let compute = start_compute(compute_config(), Some(log.hook()));
+    let bff = start_bff(bff_config(&compute.url()));
+    let url = bff.url("/v1/images/compress");
+    let call = tokio::spawn(post(url, Form::new().part("file", file(jpeg(16, 16)))));
+    assert!(
+        eventually(Duration::from_secs(30), async || log.count("Compress") == 1).await,
+        "the call never reached compute"
+    );
+    // The call is inside compute, held: kill compute under it.
+    compute.kill();
+    let r = call.await.unwrap();
+    assert!(r.headers().contains_key("retry-after"));
+    let b = problem(r, StatusCode::SERVICE_UNAVAILABLE).await;
+    assert_eq!(
+        b["type"], "urn:imagegate:problem:compute-unavailable",
+        "{b}"
+    );
+    let text = metrics_text(&bff).await;
+    let calls = |code: &str| {
+        metric(
+            &text,
+            &format!(
+                "imagegate_lane_requests_total{{code=\"{code}\",lane=\"heavy\",method=\"compute.ImageService/Compress\"}}"
+            ),
+        )
+    };
+    assert_eq!(calls("UNAVAILABLE"), Some(1.0), "{text}");
+    assert_eq!(calls("UNKNOWN"), None, "{text}");
+}
+
 #[tokio::test]
 async fn lanes_use_separate_tcp_connections_and_shared_mode_uses_one() {
     let log = CallLog::default();
