@@ -451,7 +451,8 @@ else:
         ours = None
     if ours is not None:
         example = flat(tomllib.load(open("deploy/imagegate.example.toml", "rb")))
-        may_differ = {"compute_url", "bff.listen", "compute.listen", "compute.metrics_listen"}
+        may_differ = {"compute_url", "bff.listen", "compute.listen", "compute.metrics_listen",
+                      "bff.max_buffered_bytes"}   # sized to the container's memory limit
         in_cluster_only = lambda k: k.startswith("store.")   # uploads go to a shared bucket in k8s
         for k, v in example.items():
             if in_cluster_only(k):

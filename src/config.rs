@@ -106,6 +106,10 @@ pub struct BffConfig {
     pub max_field_size: Size,
     /// Most text fields in one request (stops "thousands of parts").
     pub max_fields: usize,
+    /// Request bodies the BFF holds in memory at once, across all requests: past it, a
+    /// request that needs more is answered 503 + `Retry-After` (its body is read and dropped,
+    /// not kept), so many concurrent uploads cannot exhaust memory.
+    pub max_buffered_bytes: Size,
     /// Deadline of the `/health` check over the realtime lane.
     #[serde(with = "humantime_serde")]
     pub health_timeout: Duration,
@@ -660,6 +664,7 @@ impl Default for Config {
                 max_files: 32,
                 max_field_size: Size::kib(64),
                 max_fields: 64,
+                max_buffered_bytes: Size::mib(1024),
                 health_timeout: Duration::from_secs(1),
                 client_request_timeout: Duration::from_secs(10),
                 body_read_timeout: Duration::from_secs(30),
@@ -778,6 +783,11 @@ impl Config {
         }
         if !(1..=10_000).contains(&b.max_fields) {
             errors.push("bff.max_fields: must be 1..=10000".into());
+        }
+        if b.max_buffered_bytes < b.max_request_size {
+            errors.push(
+                "bff.max_buffered_bytes: must be at least bff.max_request_size (or no request of the largest size could ever be read)".into(),
+            );
         }
         if b.max_field_size < Size(16) {
             errors.push("bff.max_field_size: must be at least 16 bytes".into());

@@ -243,6 +243,11 @@ fn diff_bff(
     );
     key(old.max_files != new.max_files, true, "max_files");
     key(
+        old.max_buffered_bytes != new.max_buffered_bytes,
+        true,
+        "max_buffered_bytes",
+    );
+    key(
         old.max_field_size != new.max_field_size,
         true,
         "max_field_size",

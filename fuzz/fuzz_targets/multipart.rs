@@ -27,7 +27,7 @@ use actix_web::{web, FromRequest};
 use bytes::Bytes;
 use futures_util::stream::{self, Stream, StreamExt};
 use imagegate::config::{BffConfig, Config, Size};
-use imagegate::edge::intake::{read_form, FormSpec, Limits};
+use imagegate::edge::intake::{read_form, BodyBudget, FormSpec, Limits};
 use imagegate::edge::params;
 use libfuzzer_sys::fuzz_target;
 
@@ -173,11 +173,12 @@ fuzz_target!(|data: &[u8]| {
     let boxed: Pin<Box<dyn Stream<Item = Result<Bytes, PayloadError>>>> = Box::pin(stream);
     let mut dev_payload = DevPayload::from(boxed);
 
+    let budget = std::sync::Arc::new(BodyBudget::default());
     let result = runtime().block_on(async {
         let payload = web::Payload::from_request(&req, &mut dev_payload)
             .await
             .expect("web::Payload is infallible");
-        read_form(&req, payload, limits, &spec).await
+        read_form(&req, payload, limits, &budget, &spec).await
     });
 
     // Never more than the limit plus one chunk while parsing, and as much again while
@@ -228,6 +229,8 @@ fuzz_target!(|data: &[u8]| {
                 total += value.len();
             }
             assert!(total <= limits.max_request, "kept {total} bytes");
+            assert!(budget.in_use() >= total, "the budget holds less than the form");
+            drop(form);
         }
         Err(p) => {
             assert!(
@@ -239,4 +242,6 @@ fuzz_target!(|data: &[u8]| {
             assert!(!p.detail.is_empty());
         }
     }
+    // Whatever happened, nothing of the request is held any more.
+    assert_eq!(budget.in_use(), 0, "the body budget leaked");
 });

@@ -11,11 +11,18 @@
 //! the handler returns and everything buffered is dropped with it. No lane permit is held
 //! here: handlers ask the dispatcher for one only after the whole form has been read, so a
 //! slow client costs a connection and its buffer, never a slot of the bulkhead.
+//!
+//! Buffers are bounded across requests too: every chunk read is taken from one
+//! [`BodyBudget`] (`bff.max_buffered_bytes`) and given back when the request's form is
+//! dropped. A request that finds the budget spent is answered 503 + `Retry-After` at once
+//! (its body drained, not kept): many concurrent uploads cost waiting clients, not memory.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -39,6 +46,8 @@ pub struct Limits {
     pub max_fields: usize,
     /// Longest wait for the next chunk of the body (408 after it).
     pub body_read_timeout: Duration,
+    /// Request bodies held in memory at once, across all requests (503 past it).
+    pub max_buffered: usize,
 }
 
 impl Limits {
@@ -50,6 +59,7 @@ impl Limits {
             max_field: c.max_field_size.as_usize(),
             max_fields: c.max_fields,
             body_read_timeout: c.body_read_timeout,
+            max_buffered: c.max_buffered_bytes.as_usize(),
         }
     }
 }
@@ -79,6 +89,9 @@ pub struct FilePart {
 pub struct Form {
     pub files: Vec<FilePart>,
     pub fields: HashMap<String, String>,
+    /// This form's share of the BFF's body budget, given back when the form is dropped (the
+    /// handler keeps it until its answer is sent).
+    pub budget: Option<BudgetHold>,
 }
 
 impl Form {
@@ -95,6 +108,82 @@ impl Form {
     }
 }
 
+/// Bytes of request bodies held in memory by all requests of one BFF.
+#[derive(Debug, Default)]
+pub struct BodyBudget {
+    in_use: AtomicUsize,
+    /// `imagegate_http_buffered_body_bytes`, kept equal to `in_use`.
+    gauge: Option<prometheus::IntGauge>,
+}
+
+impl BodyBudget {
+    /// A budget whose use is published on `registry`.
+    pub fn new(registry: &prometheus::Registry) -> Self {
+        let gauge = crate::metrics::register(
+            registry,
+            prometheus::IntGauge::new(
+                "imagegate_http_buffered_body_bytes",
+                "Request body bytes held in memory now, across all requests (limit: bff.max_buffered_bytes).",
+            )
+            .expect("valid metric"),
+        );
+        BodyBudget {
+            in_use: AtomicUsize::new(0),
+            gauge: Some(gauge),
+        }
+    }
+
+    fn publish(&self, in_use: usize) {
+        if let Some(g) = &self.gauge {
+            g.set(in_use as i64);
+        }
+    }
+
+    /// Bytes held now.
+    pub fn in_use(&self) -> usize {
+        self.in_use.load(Ordering::Relaxed)
+    }
+
+    /// Takes `n` bytes if that keeps the total within `limit`.
+    fn try_take(&self, n: usize, limit: usize) -> bool {
+        match self
+            .in_use
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                used.checked_add(n).filter(|&total| total <= limit)
+            }) {
+            Ok(before) => {
+                self.publish(before + n);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    fn give_back(&self, n: usize) {
+        let before = self.in_use.fetch_sub(n, Ordering::AcqRel);
+        self.publish(before - n);
+    }
+}
+
+/// What one request has taken from the [`BodyBudget`]; given back on drop.
+#[derive(Debug)]
+pub struct BudgetHold {
+    budget: Arc<BodyBudget>,
+    bytes: usize,
+}
+
+impl BudgetHold {
+    fn new(budget: Arc<BodyBudget>) -> Self {
+        BudgetHold { budget, bytes: 0 }
+    }
+}
+
+impl Drop for BudgetHold {
+    fn drop(&mut self) {
+        self.budget.give_back(self.bytes);
+    }
+}
+
 /// The request body, shared between the multipart parser and the drain, counted and timed.
 #[derive(Clone)]
 struct CountedBody {
@@ -102,6 +191,11 @@ struct CountedBody {
     read: Rc<RefCell<usize>>,
     max: usize,
     idle: Rc<RefCell<IdleTimer>>,
+    /// Taken from the BFF's budget for the chunks handed to the parser (`None` once moved
+    /// into the finished form).
+    hold: Rc<RefCell<Option<BudgetHold>>>,
+    max_buffered: usize,
+    over_budget: Rc<RefCell<bool>>,
 }
 
 /// Fires when no chunk has arrived for `limit`. The timer is re-armed lazily, from the time
@@ -160,19 +254,45 @@ impl Stream for CountedBody {
             if *read > this.max {
                 return Poll::Ready(Some(Err(PayloadError::Overflow)));
             }
+            if !this.take_budget(chunk.len()) {
+                *this.over_budget.borrow_mut() = true;
+                return Poll::Ready(Some(Err(PayloadError::Io(std::io::Error::other(
+                    "the BFF's memory budget for request bodies is spent",
+                )))));
+            }
         }
         polled
     }
 }
 
 impl CountedBody {
-    fn new(payload: web::Payload, limits: &Limits) -> Self {
+    fn new(payload: web::Payload, limits: &Limits, budget: &Arc<BodyBudget>) -> Self {
         CountedBody {
             payload: Rc::new(RefCell::new(payload)),
             read: Rc::new(RefCell::new(0)),
             max: limits.max_request,
             idle: Rc::new(RefCell::new(IdleTimer::new(limits.body_read_timeout))),
+            hold: Rc::new(RefCell::new(Some(BudgetHold::new(budget.clone())))),
+            max_buffered: limits.max_buffered,
+            over_budget: Rc::new(RefCell::new(false)),
         }
+    }
+
+    /// Takes `n` bytes from the budget for this request; false if it is spent.
+    fn take_budget(&self, n: usize) -> bool {
+        let mut hold = self.hold.borrow_mut();
+        let Some(hold) = hold.as_mut() else {
+            return true;
+        };
+        if !hold.budget.try_take(n, self.max_buffered) {
+            return false;
+        }
+        hold.bytes += n;
+        true
+    }
+
+    fn over_budget(&self) -> bool {
+        *self.over_budget.borrow()
     }
 
     /// The next chunk of the body, or a timeout error once it has been idle too long.
@@ -229,6 +349,17 @@ fn body_timeout(limits: &Limits) -> Problem {
     ))
 }
 
+fn over_budget(limits: &Limits) -> Problem {
+    Problem::unavailable(
+        "bff-busy",
+        format!(
+            "the BFF is holding its limit of {} bytes of request bodies; retry shortly",
+            limits.max_buffered
+        ),
+        Duration::from_secs(1),
+    )
+}
+
 fn too_large_request(limits: &Limits) -> Problem {
     Problem::too_large(format!(
         "the request body is above the limit of {} bytes",
@@ -241,6 +372,7 @@ pub async fn read_form(
     req: &HttpRequest,
     payload: web::Payload,
     limits: Limits,
+    budget: &Arc<BodyBudget>,
     spec: &FormSpec,
 ) -> Result<Form, Problem> {
     // A declared length above the limit is refused before reading a byte.
@@ -252,7 +384,7 @@ pub async fn read_form(
     if declared.is_some_and(|n| n > limits.max_request as u64) {
         return Err(too_large_request(&limits));
     }
-    let body = CountedBody::new(payload, &limits);
+    let body = CountedBody::new(payload, &limits, budget);
     let mut multipart = Multipart::new(req.headers(), body.clone());
     let result = read_parts(&mut multipart, &body, limits, spec).await;
     drop(multipart);
@@ -261,10 +393,19 @@ pub async fn read_form(
         // does not come would only wait again. Actix closes the connection after the 408.
         return Err(body_timeout(&limits));
     }
-    if result.is_err() {
-        body.drain(limits.max_request).await;
+    match result {
+        Ok(mut form) => {
+            // The buffers now belong to the form: so does their share of the budget.
+            form.budget = body.hold.borrow_mut().take();
+            Ok(form)
+        }
+        Err(problem) => {
+            // Nothing read so far is kept: give it back before draining the rest.
+            drop(body.hold.borrow_mut().take());
+            body.drain(limits.max_request).await;
+            Err(problem)
+        }
     }
-    result
 }
 
 async fn read_parts(
@@ -276,6 +417,8 @@ async fn read_parts(
     let malformed = |e: actix_multipart::MultipartError| {
         if body.timed_out() {
             body_timeout(&limits)
+        } else if body.over_budget() {
+            over_budget(&limits)
         } else if body.over_limit() {
             too_large_request(&limits)
         } else {

@@ -46,6 +46,8 @@ pub struct AppState {
     pub store: Arc<Store>,
     /// Applies new lane limits at run time (SIGHUP, `POST /admin/reload`).
     pub reloader: Arc<crate::reload::Reloader>,
+    /// Request body bytes held in memory by all requests (`bff.max_buffered_bytes`).
+    pub body_budget: Arc<intake::BodyBudget>,
 }
 
 /// The edge's own HTTP metrics.
@@ -102,6 +104,7 @@ impl Bff {
         config_file: Option<std::path::PathBuf>,
     ) -> anyhow::Result<Self> {
         let registry = crate::metrics::new_registry();
+        let body_budget = Arc::new(intake::BodyBudget::new(&registry));
         let dispatcher = Arc::new(Dispatcher::new(&config, &registry).await?);
         let store = Arc::new(Store::open(&config.store, &registry)?);
         let config = Arc::new(config);
@@ -118,6 +121,7 @@ impl Bff {
                 registry,
                 store,
                 reloader,
+                body_budget,
             }),
         })
     }

@@ -122,7 +122,7 @@ async fn compress(
         text_fields: params::COMPRESS_FIELDS,
         ..SINGLE
     };
-    let form = read_form(&req, payload, limits(&state), &spec).await?;
+    let form = read_form(&req, payload, limits(&state), &state.body_budget, &spec).await?;
     let request = params::compress_request(&form, required_file(&form)?)?;
     let r = state.dispatcher.compress(request).await?;
     let ratio = r.compression_ratio;
@@ -144,7 +144,7 @@ async fn resize(
         text_fields: params::RESIZE_FIELDS,
         ..SINGLE
     };
-    let form = read_form(&req, payload, limits(&state), &spec).await?;
+    let form = read_form(&req, payload, limits(&state), &state.body_budget, &spec).await?;
     let request = params::resize_request(&form, required_file(&form)?)?;
     let r = state.dispatcher.resize(request).await?;
     Ok(
@@ -166,7 +166,7 @@ async fn watermark(
         text_fields: params::WATERMARK_FIELDS,
         many_files: false,
     };
-    let form = read_form(&req, payload, limits(&state), &spec).await?;
+    let form = read_form(&req, payload, limits(&state), &state.body_budget, &spec).await?;
     let request = params::watermark_request(&form, required_file(&form)?)?;
     let r = state.dispatcher.watermark(request).await?;
     Ok(
@@ -217,7 +217,7 @@ async fn batch(
         text_fields: params::BATCH_FIELDS,
         many_files: true,
     };
-    let form = read_form(&req, payload, limits(&state), &spec).await?;
+    let form = read_form(&req, payload, limits(&state), &state.body_budget, &spec).await?;
     let operation = params::batch_operation(&form)?;
     let images: Vec<Bytes> = form.files.iter().map(|f| f.data.clone()).collect();
     if images.is_empty() {
@@ -252,6 +252,7 @@ async fn batch(
         succeeded: 0,
         failed: 0,
         finished: false,
+        _body_budget: form.budget,
     };
     Ok(sse::Sse::from_stream(run.events()).respond_to(&req))
 }
@@ -270,6 +271,9 @@ struct BatchRun {
     succeeded: usize,
     failed: usize,
     finished: bool,
+    /// The uploaded images stay in memory until the stream ends: so does their share of
+    /// the body budget.
+    _body_budget: Option<super::intake::BudgetHold>,
 }
 
 type SseResult = Result<sse::Event, std::convert::Infallible>;

@@ -42,7 +42,14 @@ async fn upload(
         text_fields: params::COMPRESS_FIELDS,
         many_files: false,
     };
-    let form = read_form(&req, payload, super::routes::limits(&state), &spec).await?;
+    let form = read_form(
+        &req,
+        payload,
+        super::routes::limits(&state),
+        &state.body_budget,
+        &spec,
+    )
+    .await?;
     let file = super::routes::required_file(&form)?;
     let request = params::compress_request(&form, file)?;
     let r = state.dispatcher.compress(request).await?;

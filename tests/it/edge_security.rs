@@ -811,3 +811,70 @@ async fn a_client_that_disconnects_mid_body_frees_everything() {
     let r = compress_with(&bff, None).await;
     assert_eq!(r.status(), 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_past_the_memory_budget_are_503_and_the_budget_comes_back() {
+    let log = CallLog::default();
+    log.hold("Compress");
+    let compute = start_compute(compute_config(), Some(log.hook()));
+    let mut config = bff_config(&compute.url());
+    // Room for one ~150 KiB upload at a time, not two.
+    config.bff.max_request_size = imagegate::config::Size::kib(200);
+    config.bff.max_file_size = imagegate::config::Size::kib(200);
+    config.bff.max_buffered_bytes = imagegate::config::Size::kib(256);
+    let bff = start_bff(config);
+    let image = noisy_png(150 * 1024);
+    let upload = |image: Vec<u8>| {
+        post(
+            bff.url("/v1/images/compress"),
+            Form::new().part("file", file(image)),
+        )
+    };
+    let buffered = async || {
+        metric(
+            &metrics_text(&bff).await,
+            "imagegate_http_buffered_body_bytes",
+        )
+        .unwrap()
+    };
+
+    // The first upload is read and held inside compute: its body stays in the budget.
+    let first = tokio::spawn(upload(image.clone()));
+    assert!(
+        eventually(Duration::from_secs(30), async || log.count("Compress") == 1).await,
+        "the first upload never reached compute"
+    );
+    assert!(buffered().await >= image.len() as f64);
+
+    // A second one does not fit: 503 + Retry-After, at once, and nothing more is held.
+    let r = upload(image.clone()).await;
+    assert!(r.headers().contains_key("retry-after"));
+    let b = problem(r, StatusCode::SERVICE_UNAVAILABLE).await;
+    assert_eq!(b["type"], "urn:imagegate:problem:bff-busy", "{b}");
+    assert!(buffered().await < 2.0 * image.len() as f64);
+
+    // The first finishes; everything is given back, and the next upload fits again.
+    log.release("Compress");
+    assert_eq!(first.await.unwrap().status(), 200);
+    assert!(
+        eventually(Duration::from_secs(10), async || buffered().await == 0.0).await,
+        "the budget was not given back"
+    );
+    assert_eq!(upload(image).await.status(), 200);
+    assert!(eventually(Duration::from_secs(10), async || buffered().await == 0.0).await);
+}
+
+/// A PNG of about `bytes` bytes (noise does not compress).
+fn noisy_png(bytes: usize) -> Vec<u8> {
+    let side = ((bytes / 3) as f64).sqrt() as u32;
+    let mut seed = 0x2545_f491_u32;
+    let img = image::RgbImage::from_fn(side, side, |_, _| {
+        seed ^= seed << 13;
+        seed ^= seed >> 17;
+        seed ^= seed << 5;
+        image::Rgb([seed as u8, (seed >> 8) as u8, (seed >> 16) as u8])
+    });
+    let mut out = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Png).unwrap();
+    out.into_inner()
+}
