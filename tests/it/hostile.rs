@@ -599,6 +599,11 @@ async fn a_hostile_corpus_gets_clear_answers_and_no_5xx() {
         metric(&text, "imagegate_lane_in_flight{lane=\"heavy\"}"),
         Some(0.0)
     );
+    // Every refused or answered body was let go: nothing of any request is still held.
+    assert_eq!(
+        metric(&text, "imagegate_http_buffered_body_bytes"),
+        Some(0.0)
+    );
     assert!(
         !text
             .lines()
