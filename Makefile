@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 APT_GET := $(shell command -v apt-get 2>/dev/null)
 
-.PHONY: help deps test-deps build run test lint lint-deploy fmt bench-ops bench-edge bench-hol bench-overload soak fuzz clean
+.PHONY: help deps test-deps browser-deps build run test lint lint-deploy fmt bench-ops bench-edge bench-hol bench-overload soak fuzz clean
 
 help: ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -37,7 +37,15 @@ test-deps: ## the S3-protocol server the S3 tests start (moto_server, from PyPI;
 	  if command -v pyenv >/dev/null 2>&1; then pyenv rehash; fi; \
 	  moto_server --help >/dev/null 2>&1 || { echo "error: moto_server is not on PATH after installing moto[server]" >&2; exit 1; }; }
 
-test: deps test-deps ## the whole test suite (unit, integration, end-to-end)
+browser-deps: ## headless Chromium + ChromeDriver for tests/it/browser.rs (Debian packages; installed if missing)
+	@command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 || { \
+	  if [ -n "$(APT_GET)" ] && [ "$$(id -u)" = 0 ]; then \
+	    echo "installing chromium + chromium-driver (browser tests)"; \
+	    (apt-get install -y -qq chromium chromium-driver >/dev/null 2>&1 || (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq chromium chromium-driver >/dev/null 2>&1)) \
+	      || { echo "error: could not install chromium + chromium-driver; the browser tests will fail" >&2; exit 1; }; \
+	  else echo "error: chromium and chromedriver are missing (apt-get install chromium chromium-driver); the browser tests will fail" >&2; exit 1; fi; }
+
+test: deps test-deps browser-deps ## the whole test suite (unit, integration, end-to-end, a real browser)
 	$(CARGO) test --tests
 
 lint: lint-deploy ## lint-deploy, then rustfmt check and clippy with warnings as errors

@@ -325,10 +325,16 @@ by_kind = {}
 for path, doc in docs:
     by_kind.setdefault(doc["kind"], {})[doc["metadata"]["name"]] = doc
 
-# kustomization: lists every manifest, and only existing files
+# kustomization: lists every manifest, and only existing files. `*.example.yaml` files are
+# examples to copy and edit (an Ingress for your host): validated like the rest, never listed.
 kust = yaml.safe_load(open("deploy/k8s/kustomization.yaml"))
 listed = set(kust.get("resources", []))
 present = {os.path.basename(p) for p in glob.glob("deploy/k8s/*.yaml")} - {"kustomization.yaml"}
+for example in sorted(p for p in present if p.endswith(".example.yaml")):
+    if example in listed:
+        problem(f"kustomization.yaml lists {example}: examples are applied by hand, after editing")
+    present.discard(example)
+    listed.discard(example)
 for missing in sorted(present - listed):
     problem(f"kustomization.yaml does not list {missing}")
 for extra in sorted(listed - present):
@@ -400,6 +406,19 @@ for name, dep in deployments.items():
         listen = [a.split("=", 1)[1] for a in args if a.startswith("--listen=")]
         if not listen or not listen[0].startswith("0.0.0.0:") or int(listen[0].split(":")[1]) not in ports:
             problem(f"{name}/{c['name']}: --listen=0.0.0.0:PORT on a container port expected, got {listen}")
+
+# Ingresses: every backend is a Service of these manifests, on one of its ports.
+for name, ing in by_kind.get("Ingress", {}).items():
+    for rule in ing["spec"].get("rules", []):
+        for path in rule.get("http", {}).get("paths", []):
+            svc = path["backend"].get("service", {})
+            target = services.get(svc.get("name"))
+            port = svc.get("port", {})
+            if target is None:
+                problem(f"Ingress {name}: backend Service {svc.get('name')!r} is not in deploy/k8s")
+            elif not any(port.get("name") == p.get("name") if "name" in port else port.get("number") == p["port"]
+                         for p in target["spec"].get("ports", [])):
+                problem(f"Ingress {name}: Service {svc['name']} has no port {port}")
 
 bff = deployments.get("imagegate-bff", {}).get("spec", {}).get("template", {}).get("spec", {}).get("containers", [{}])[0]
 compute = deployments.get("imagegate-compute", {}).get("spec", {}).get("template", {}).get("spec", {}).get("containers", [{}])[0]

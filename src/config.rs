@@ -88,6 +88,111 @@ pub struct Config {
     pub routes: BTreeMap<String, String>,
     /// Where uploads and batch results are stored (`[store]`).
     pub store: StoreConfig,
+    /// Log output (`[log]`).
+    pub log: LogConfig,
+}
+
+/// The top-level keys: an `IMAGEGATE_<KEY>` variable without `__` is a config path only when
+/// it names one of these (anything else is a Kubernetes service link or a script's own).
+pub const TOP_LEVEL_KEYS: &[&str] = &[
+    "mode",
+    "compute_url",
+    "compute_tls",
+    "bff",
+    "compute",
+    "lanes",
+    "routes",
+    "store",
+    "log",
+];
+
+/// How log lines are written (`[log] format`); `RUST_LOG` is the filter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines; colour codes only when stderr is a terminal.
+    Text,
+    /// One JSON object a line, for log shippers.
+    Json,
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    pub format: LogFormat,
+}
+
+/// A list of strings written as a TOML list or as one comma-separated string (the natural
+/// form of an environment variable: `IMAGEGATE_BFF__CORS__ALLOWED_ORIGINS="https://a,https://b"`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct StringList(pub Vec<String>);
+
+impl<'de> Deserialize<'de> for StringList {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            List(Vec<String>),
+            One(String),
+        }
+        let items = match Raw::deserialize(d)? {
+            Raw::List(v) => v,
+            Raw::One(s) => s.split(',').map(str::to_string).collect(),
+        };
+        Ok(StringList(
+            items
+                .into_iter()
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect(),
+        ))
+    }
+}
+
+/// `[bff.cors]`: which web origins may call the API from a browser (CONTRACT §2).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CorsConfig {
+    /// Origins such as `"https://app.example.com"`, or `["*"]` for any; empty = CORS off.
+    pub allowed_origins: StringList,
+    /// How long a browser may cache a preflight's answer.
+    #[serde(with = "humantime_serde")]
+    pub max_age: Duration,
+}
+
+impl Default for CorsConfig {
+    fn default() -> Self {
+        CorsConfig {
+            allowed_origins: StringList::default(),
+            max_age: Duration::from_secs(600),
+        }
+    }
+}
+
+impl CorsConfig {
+    fn validate(&self, errors: &mut Vec<String>) {
+        for origin in &self.allowed_origins.0 {
+            if origin == "*" {
+                continue;
+            }
+            let ok = (origin.starts_with("http://") || origin.starts_with("https://"))
+                && !origin.ends_with('/')
+                && origin.bytes().all(|b| b.is_ascii_graphic())
+                && origin
+                    .split("://")
+                    .nth(1)
+                    .is_some_and(|rest| !rest.is_empty() && !rest.contains('/'));
+            if !ok {
+                errors.push(format!(
+                    "bff.cors.allowed_origins: {origin:?} is not an origin (scheme://host[:port], no path, no trailing slash) or \"*\""
+                ));
+            }
+        }
+        if self.max_age > Duration::from_secs(86_400) {
+            errors.push("bff.cors.max_age: must be at most 24h".into());
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -129,6 +234,9 @@ pub struct BffConfig {
     /// Graceful shutdown: how long in-flight requests may take to finish.
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
+    /// Cross-origin access from browsers (`[bff.cors]`; off by default).
+    #[serde(default)]
+    pub cors: CorsConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -144,6 +252,9 @@ pub struct ComputeConfig {
     pub workers: usize,
     /// Jobs that may wait for a CPU thread; beyond that, RESOURCE_EXHAUSTED / QUEUE_FULL.
     pub queue_capacity: usize,
+    /// AVIF encoder speed, 1 (slowest, smallest files) to 10 (fastest): bounds the time of an
+    /// AVIF encode, which runs on one CPU worker like any job.
+    pub avif_speed: u8,
     /// Graceful shutdown: how long in-flight work may take to finish.
     #[serde(with = "humantime_serde")]
     pub drain_timeout: Duration,
@@ -250,8 +361,14 @@ pub struct LaneConfig {
     pub url: Option<String>,
     /// HTTP/2 connections (each its own TCP connection) to each compute endpoint.
     pub connections: usize,
-    /// Requests the lane lets run at once.
+    /// Requests the lane lets run at once: the limit when `concurrency = "fixed"`, the
+    /// ceiling of the limit when it is `"adaptive"`.
     pub max_in_flight: usize,
+    /// `adaptive`: the lane finds its own limit from how compute answers; `fixed`:
+    /// `max_in_flight` is the limit.
+    pub concurrency: Concurrency,
+    /// The floor of an adaptive limit.
+    pub min_in_flight: usize,
     /// How long a request may wait for a permit before it is shed with 503.
     #[serde(with = "humantime_serde")]
     pub queue_wait: Duration,
@@ -328,6 +445,8 @@ impl LaneConfig {
             url: None,
             connections: 4,
             max_in_flight: 32,
+            concurrency: Concurrency::Adaptive,
+            min_in_flight: 1,
             queue_wait: Duration::from_millis(250),
             max_queued: 16,
             deadline: Duration::from_secs(30),
@@ -358,6 +477,8 @@ impl LaneConfig {
             url: None,
             connections: 1,
             max_in_flight: 256,
+            concurrency: Concurrency::Fixed,
+            min_in_flight: 1,
             queue_wait: Duration::from_millis(50),
             max_queued: 128,
             deadline: Duration::from_secs(2),
@@ -398,6 +519,11 @@ impl LaneConfig {
             (1..=100_000).contains(&self.max_in_flight),
             "max_in_flight",
             "must be 1..=100000",
+        );
+        check(
+            self.min_in_flight >= 1 && self.min_in_flight <= self.max_in_flight,
+            "min_in_flight",
+            "must be 1..=max_in_flight",
         );
         check(
             self.max_queued <= 100_000,
@@ -492,6 +618,17 @@ impl LaneConfig {
             "must be at most 1s (0s = the kernel's default)",
         );
     }
+}
+
+/// How a lane's concurrency limit is set (`concurrency`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Concurrency {
+    /// Between `min_in_flight` and `max_in_flight`, moved by the measured wait in front of
+    /// compute, QUEUE_FULL answers and deadlines (see `dispatch::adaptive`).
+    Adaptive,
+    /// `max_in_flight`, as configured.
+    Fixed,
 }
 
 /// Which object store keeps uploads.
@@ -671,6 +808,7 @@ impl Default for Config {
                 api_keys: Default::default(),
                 admin_listen: None,
                 shutdown_timeout: Duration::from_secs(30),
+                cors: CorsConfig::default(),
             },
             compute: ComputeConfig {
                 listen: "127.0.0.1:50051".parse().expect("valid"),
@@ -679,6 +817,7 @@ impl Default for Config {
                 max_pixels: 50_000_000,
                 workers: 0,
                 queue_capacity: 64,
+                avif_speed: crate::compute::ops::DEFAULT_AVIF_SPEED,
                 drain_timeout: Duration::from_secs(30),
                 cpu_nice: 5,
                 tcp_rto_min: Duration::from_millis(20),
@@ -693,6 +832,9 @@ impl Default for Config {
             },
             routes: default_routes(),
             store: StoreConfig::default(),
+            log: LogConfig {
+                format: LogFormat::Text,
+            },
         }
     }
 }
@@ -796,6 +938,7 @@ impl Config {
             errors.push("bff.body_read_timeout: must be 10ms..=1h".into());
         }
         b.api_keys.validate(&mut errors);
+        b.cors.validate(&mut errors);
         if b.admin_listen
             .is_some_and(|a| a == b.listen && a.port() != 0)
         {
@@ -810,6 +953,9 @@ impl Config {
         }
         if c.queue_capacity == 0 {
             errors.push("compute.queue_capacity: must be above 0".into());
+        }
+        if !(1..=10).contains(&c.avif_speed) {
+            errors.push("compute.avif_speed: must be 1..=10".into());
         }
         if !(0..=19).contains(&c.cpu_nice) {
             errors.push("compute.cpu_nice: must be 0..=19".into());
@@ -877,18 +1023,52 @@ fn is_route_key(key: &str) -> bool {
 }
 
 /// `IMAGEGATE_A__B=…` → `a.b`, and `GRPC_COMPUTE_URL` → `compute_url`.
+///
+/// Only variables that are config paths are read: a name with `__`, or one naming a top-level
+/// key (`IMAGEGATE_MODE`, `IMAGEGATE_COMPUTE_URL`). Those stay strict: an unknown path or a bad
+/// value refuses to start, naming the key. Every other `IMAGEGATE_*` is left alone (see
+/// [`ignored_env_vars`]): the kubelet injects `IMAGEGATE_BFF_SERVICE_HOST`,
+/// `IMAGEGATE_COMPUTE_PORT_50051_TCP`, … for the project's own Services, and a pod must not
+/// crash-loop on them.
 fn env_provider() -> Figment {
     Figment::new()
         .merge(
             Env::prefixed("IMAGEGATE_")
-                .split("__")
-                .filter(|k| k.as_str() != "config"),
+                .filter(|k| is_config_env_key(k.as_str()))
+                .split("__"),
         )
         .merge(
             Env::raw()
                 .only(&["GRPC_COMPUTE_URL"])
                 .map(|_| "compute_url".into()),
         )
+}
+
+/// Whether `IMAGEGATE_<key>` (key lower-cased, prefix stripped) is a config path.
+fn is_config_env_key(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    key != "config" && (key.contains("__") || TOP_LEVEL_KEYS.contains(&key.as_str()))
+}
+
+/// The `IMAGEGATE_*` variables of this process that are not config paths and were ignored
+/// (Kubernetes service links and the like): logged once at start, so that a typo such as
+/// `IMAGEGATE_LANES_HEAVY__…` does not go unseen.
+pub fn ignored_env_vars() -> Vec<String> {
+    ignored_among(std::env::vars_os().filter_map(|(k, _)| k.into_string().ok()))
+}
+
+fn ignored_among(names: impl Iterator<Item = String>) -> Vec<String> {
+    let mut ignored: Vec<String> = names
+        .filter(|name| {
+            name.len() > "IMAGEGATE_".len()
+                && name[.."IMAGEGATE_".len()].eq_ignore_ascii_case("IMAGEGATE_")
+                && !is_config_env_key(&name["IMAGEGATE_".len()..])
+                // The config file's path: read by `Config::load` itself.
+                && !name["IMAGEGATE_".len()..].eq_ignore_ascii_case("config")
+        })
+        .collect();
+    ignored.sort();
+    ignored
 }
 
 /// Accepts the seed's `host:port` as well as `http://host:port`, lists and `dns://` names
@@ -1015,6 +1195,83 @@ mod tests {
             Config::from_toml("[store]\nsecret_access_key = \"hunter2\"\naccess_key_id = \"a\"")
                 .unwrap();
         assert!(!format!("{c:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn service_link_variables_are_not_config_paths() {
+        for k in [
+            "bff_service_host",
+            "compute_port_50051_tcp",
+            "compute_service_port_grpc",
+            "foo",
+            "config",
+        ] {
+            assert!(!is_config_env_key(k), "{k}");
+        }
+        for k in [
+            "lanes__heavy__max_in_flight",
+            "mode",
+            "compute_url",
+            "bff__listen",
+            "lanes__heavy__max_inflight",
+        ] {
+            assert!(is_config_env_key(k), "{k}");
+        }
+        let ignored = ignored_among(
+            [
+                "IMAGEGATE_BFF_SERVICE_HOST",
+                "IMAGEGATE_MODE",
+                "IMAGEGATE_LANES__HEAVY__RETRIES",
+                "IMAGEGATE_CONFIG",
+                "PATH",
+            ]
+            .into_iter()
+            .map(String::from),
+        );
+        assert_eq!(ignored, ["IMAGEGATE_BFF_SERVICE_HOST"]);
+    }
+
+    #[test]
+    fn cors_origins_take_a_list_or_a_comma_string() {
+        let c = Config::from_toml(
+            "[bff.cors]\nallowed_origins = \"https://a.example, http://localhost:3000\"\nmax_age = \"1m\"",
+        )
+        .unwrap();
+        assert_eq!(
+            c.bff.cors.allowed_origins.0,
+            ["https://a.example", "http://localhost:3000"]
+        );
+        assert_eq!(c.bff.cors.max_age, Duration::from_secs(60));
+        let c = Config::from_toml("[bff.cors]\nallowed_origins = [\"*\"]").unwrap();
+        assert_eq!(c.bff.cors.allowed_origins.0, ["*"]);
+        assert_eq!(c.bff.cors.max_age, Duration::from_secs(600));
+        let e = Config::from_toml("[bff.cors]\nallowed_origins = [\"https://a.example/\"]")
+            .unwrap_err();
+        assert!(e.to_string().contains("bff.cors.allowed_origins"), "{e}");
+        assert!(Config::from_toml("")
+            .unwrap()
+            .bff
+            .cors
+            .allowed_origins
+            .0
+            .is_empty());
+    }
+
+    #[test]
+    fn lanes_have_a_concurrency_mode_and_a_floor() {
+        let c = Config::from_toml("").unwrap();
+        assert_eq!(c.lanes.heavy.concurrency, Concurrency::Adaptive);
+        assert_eq!(c.lanes.realtime.concurrency, Concurrency::Fixed);
+        assert_eq!(c.lanes.heavy.min_in_flight, 1);
+        let c =
+            Config::from_toml("[lanes.heavy]\nconcurrency = \"fixed\"\nmin_in_flight = 4").unwrap();
+        assert_eq!(c.lanes.heavy.concurrency, Concurrency::Fixed);
+        let e = Config::from_toml("[lanes.heavy]\nmin_in_flight = 40").unwrap_err();
+        assert!(e.to_string().contains("lanes.heavy.min_in_flight"), "{e}");
+        let e = Config::from_toml("[lanes.heavy]\nconcurrency = \"auto\"").unwrap_err();
+        assert!(e.to_string().contains("concurrency"), "{e}");
+        let e = Config::from_toml("[log]\nformat = \"xml\"").unwrap_err();
+        assert!(e.to_string().contains("format"), "{e}");
     }
 
     #[test]

@@ -23,7 +23,7 @@
 //!
 //! Around them: [`config`] (one TOML file + env overrides, validated with key names),
 //! [`metrics`] (one Prometheus registry per server), [`proto`] (generated code),
-//! [`shutdown`] (signals), [`reload`] (live config reload), [`sockopt`] (the TCP
+//! [`shutdown`] (signals), [`trace_context`] (request ids across the system), [`logging`], [`reload`] (live config reload), [`sockopt`] (the TCP
 //! retransmission floor and thread priority, which have no safe wrapper), and [`dev`] (both
 //! servers in one process for `make run`).
 
@@ -34,9 +34,11 @@ pub mod dispatch;
 pub mod edge;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod logging;
 pub mod metrics;
 pub mod proto;
 pub mod reload;
 pub mod shutdown;
 pub mod sockopt;
 pub mod store;
+pub mod trace_context;

@@ -54,13 +54,16 @@ enum Command {
     Op(imagegate::compute::ops::cli::OpArgs),
 }
 
+/// Loads the config, then starts logging in the format it names (so the config's own errors
+/// go to stderr as plain text) and reports the environment variables it ignored.
+fn load(path: Option<&std::path::Path>) -> anyhow::Result<Config> {
+    let config = Config::load(path)?;
+    imagegate::logging::init(config.log.format);
+    imagegate::logging::warn_ignored_env(&imagegate::config::ignored_env_vars());
+    Ok(config)
+}
+
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
     match cli.command {
         Command::Compute {
@@ -68,7 +71,7 @@ fn main() -> anyhow::Result<()> {
             metrics_listen,
             common,
         } => {
-            let mut config = Config::load(common.config.as_deref())?;
+            let mut config = load(common.config.as_deref())?;
             if let Some(a) = listen {
                 config.compute.listen = a;
             }
@@ -81,7 +84,7 @@ fn main() -> anyhow::Result<()> {
                 .block_on(imagegate::compute::run(config.compute))
         }
         Command::Bff { listen, common } => {
-            let mut config = Config::load(common.config.as_deref())?;
+            let mut config = load(common.config.as_deref())?;
             if let Some(a) = listen {
                 config.bff.listen = a;
             }
@@ -90,7 +93,10 @@ fn main() -> anyhow::Result<()> {
                 .or_else(|| std::env::var_os("IMAGEGATE_CONFIG").map(Into::into));
             actix_web::rt::System::new().block_on(imagegate::edge::run(config, file))
         }
-        Command::Dev { common } => imagegate::dev::run(Config::load(common.config.as_deref())?),
-        Command::Op(args) => imagegate::compute::ops::cli::run(args),
+        Command::Dev { common } => imagegate::dev::run(load(common.config.as_deref())?),
+        Command::Op(args) => {
+            imagegate::logging::init(imagegate::config::LogFormat::Text);
+            imagegate::compute::ops::cli::run(args)
+        }
     }
 }

@@ -115,6 +115,9 @@ impl Reloader {
         if old.compute_tls != new.compute_tls {
             restart_needed.push("compute_tls".into());
         }
+        if old.log != new.log {
+            restart_needed.push("log".into());
+        }
         diff_bff(&old.bff, &new.bff, &mut applied, &mut restart_needed);
         self.dispatcher.set_limits(&new);
         self.current.store(Arc::new(new));
@@ -146,6 +149,12 @@ fn diff_lane(
         old.max_in_flight != new.max_in_flight,
         true,
         "max_in_flight",
+    );
+    key(old.concurrency != new.concurrency, true, "concurrency");
+    key(
+        old.min_in_flight != new.min_in_flight,
+        true,
+        "min_in_flight",
     );
     key(old.queue_wait != new.queue_wait, true, "queue_wait");
     key(old.max_queued != new.max_queued, true, "max_queued");
@@ -258,6 +267,7 @@ fn diff_bff(
         true,
         "health_timeout",
     );
+    key(old.cors != new.cors, true, "cors");
     // `listen` is left out: `imagegate bff --listen` overrides the file, so the re-read value
     // would differ on every reload without anything having changed.
     key(old.admin_listen != new.admin_listen, false, "admin_listen");

@@ -14,6 +14,7 @@ use imagegate::fuzzing::decode;
 use libfuzzer_sys::fuzz_target;
 
 const LIMITS: Limits = Limits {
+    avif_speed: imagegate::compute::ops::DEFAULT_AVIF_SPEED,
     max_pixels: 4_000_000,
 };
 

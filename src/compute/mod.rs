@@ -10,6 +10,7 @@
 pub mod metrics;
 pub mod ops;
 pub mod pool;
+pub mod request_log;
 pub mod service;
 pub mod status;
 
@@ -84,6 +85,7 @@ impl ComputeServer {
             pool,
             limits: Limits {
                 max_pixels: c.max_pixels,
+                avif_speed: c.avif_speed,
             },
             metrics,
             hook: self.hook.clone(),
@@ -155,6 +157,7 @@ impl ComputeServer {
             .http2_keepalive_interval(Some(Duration::from_secs(10)))
             .http2_keepalive_timeout(Some(Duration::from_secs(5)))
             .tcp_nodelay(true)
+            .layer(request_log::RequestLogLayer)
             .layer(tower::util::MapResponseLayer::new(
                 status::rewrite_message_too_large::<tonic::body::Body>,
             ))

@@ -131,6 +131,7 @@ fn output_format(f: i32) -> Result<OutputFormat, Status> {
         Ok(proto::ImageFormat::Jpeg) => Ok(OutputFormat::Jpeg),
         Ok(proto::ImageFormat::Png) => Ok(OutputFormat::Png),
         Ok(proto::ImageFormat::Webp) => Ok(OutputFormat::WebP),
+        Ok(proto::ImageFormat::Avif) => Ok(OutputFormat::Avif),
         Err(_) => Err(bad_parameter(format!(
             "output_format {f} is not a known ImageFormat"
         ))),
@@ -235,6 +236,7 @@ fn proto_format(f: ops::Format) -> proto::ImageFormat {
         ops::Format::Jpeg => proto::ImageFormat::Jpeg,
         ops::Format::Png | ops::Format::Gif => proto::ImageFormat::Png,
         ops::Format::WebP => proto::ImageFormat::Webp,
+        ops::Format::Avif => proto::ImageFormat::Avif,
     }
 }
 

@@ -251,6 +251,7 @@ impl Lane {
                 .map_err(DispatchError::Status)?;
             let mut req = tonic::Request::new(request.clone());
             req.set_timeout(remaining);
+            crate::trace_context::TraceContext::inject_current(req.metadata_mut());
             let outcome =
                 tokio::time::timeout_at(deadline, call(picked.channel.clone(), req)).await;
             let status = match outcome {

@@ -210,7 +210,17 @@ impl<'de> Deserialize<'de> for KeyString {
 }
 
 /// Routes anyone may call. Exact patterns, so a new route is protected unless listed here.
-const PUBLIC_PATTERNS: &[&str] = &["/health", "/health/live", "/health/ready", "/metrics"];
+const PUBLIC_PATTERNS: &[&str] = &[
+    "/health",
+    "/health/live",
+    "/health/ready",
+    "/metrics",
+    // The page must load before its user can type a key into it; the description is public.
+    "/",
+    "/assets/app.js",
+    "/assets/app.css",
+    "/openapi.json",
+];
 
 /// Whether a request to the route `pattern` (`None`: no route) needs a key.
 pub fn is_protected(method: &Method, pattern: Option<&str>) -> bool {

@@ -92,6 +92,45 @@ pub struct Form {
     /// This form's share of the BFF's body budget, given back when the form is dropped (the
     /// handler keeps it until its answer is sent).
     pub budget: Option<BudgetHold>,
+    /// Which output types the client's `Accept` header takes (for `format=auto`).
+    pub accept: AcceptedImages,
+}
+
+/// The image types a request's `Accept` header names with a non-zero quality. Only explicit
+/// types count: `*/*` and `image/*` do not promise AVIF or WebP support (browsers that decode
+/// them say so by name).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct AcceptedImages {
+    pub avif: bool,
+    pub webp: bool,
+}
+
+impl AcceptedImages {
+    pub fn from_headers(headers: &actix_web::http::header::HeaderMap) -> Self {
+        let mut accepted = AcceptedImages::default();
+        for value in headers.get_all(actix_web::http::header::ACCEPT) {
+            let Ok(value) = value.to_str() else { continue };
+            for range in value.split(',') {
+                let mut parts = range.split(';');
+                let media = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+                let refused = parts.any(|p| {
+                    let p = p.trim();
+                    p.strip_prefix("q=")
+                        .and_then(|q| q.trim().parse::<f32>().ok())
+                        .is_some_and(|q| q <= 0.0)
+                });
+                if refused {
+                    continue;
+                }
+                match media.as_str() {
+                    "image/avif" => accepted.avif = true,
+                    "image/webp" => accepted.webp = true,
+                    _ => {}
+                }
+            }
+        }
+        accepted
+    }
 }
 
 impl Form {
@@ -395,6 +434,7 @@ pub async fn read_form(
     }
     match result {
         Ok(mut form) => {
+            form.accept = AcceptedImages::from_headers(req.headers());
             // The buffers now belong to the form: so does their share of the budget.
             form.budget = body.hold.borrow_mut().take();
             Ok(form)
@@ -426,6 +466,7 @@ async fn read_parts(
         }
     };
     let mut form = Form::default();
+    let mut ignored = 0;
     while let Some(mut field) = multipart.try_next().await.map_err(malformed)? {
         let name = field
             .name()
@@ -497,13 +538,17 @@ async fn read_parts(
                 .map_err(|_| Problem::bad_request(format!("field `{name}` is not valid UTF-8")))?;
             form.fields.insert(name, value);
         } else {
-            let mut expected: Vec<&str> = spec.file_fields.to_vec();
-            expected.extend_from_slice(spec.text_fields);
-            return Err(Problem::bad_request(format!(
-                "unknown field `{}`; this endpoint takes {}",
-                name.chars().take(64).collect::<String>(),
-                expected.join(", ")
-            )));
+            // A field this endpoint does not know (browser upload libraries add their own,
+            // such as Uppy's `name` and `type`): read and dropped. It still counts against the
+            // field limit, and its bytes against the request's, so it cannot be a way around them.
+            ignored += 1;
+            if form.fields.len() + ignored > limits.max_fields {
+                return Err(Problem::too_large(format!(
+                    "more than {} text fields in one request",
+                    limits.max_fields
+                )));
+            }
+            while field.try_next().await.map_err(malformed)?.is_some() {}
         }
     }
     // Drain any epilogue so the connection stays usable.

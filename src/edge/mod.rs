@@ -1,11 +1,14 @@
 //! The HTTP edge: an Actix-web server with the routes of CONTRACT §2.
 //!
 //! - [`routes`]: handlers, from multipart in to image or SSE out;
+//! - [`request_context`]: the outermost layer: request id, trace context, access log;
+//! - [`cors`]: browsers on other origins (`[bff.cors]`), answered before authentication;
 //! - [`auth`]: optional API keys, checked on the request head before any body is read;
 //! - [`intake`]: streaming multipart with limits and magic-byte sniffing;
 //! - [`params`]: form fields → gRPC requests;
 //! - [`problem`]: errors → RFC 9457 problem+json, in one place;
-//! - [`uploads`]: upload-and-store and serving stored images back.
+//! - [`uploads`]: upload-and-store and serving stored images back;
+//! - [`page`]: the upload page at `/` and `/openapi.json`, embedded in the binary.
 //!
 //! `/metrics` and `/admin/reload` are served on the main listener, or on `bff.admin_listen`
 //! when that is set (and then answer 404 on the main one).
@@ -14,9 +17,12 @@
 //! built inside the factory would be multiplied by the worker count, and so would its limits.
 
 pub mod auth;
+pub mod cors;
 pub mod intake;
+pub mod page;
 pub mod params;
 pub mod problem;
+pub mod request_context;
 pub mod routes;
 pub mod uploads;
 
@@ -177,11 +183,16 @@ impl Bff {
             App::new()
                 .app_data(main_state.clone())
                 .app_data(main_metrics.clone())
-                // Inner: runs on the request head, before any handler reads the body.
+                // Innermost: runs on the request head, before any handler reads the body.
                 .wrap(from_fn(auth::require_api_key))
-                // Outer: counts every answer, 401s included.
+                // Preflights are answered before authentication; 401s get CORS headers.
+                .wrap(from_fn(cors::cors))
+                // Counts every answer, preflights and 401s included.
                 .wrap(from_fn(record_http_metrics))
+                // Outermost: every answer carries the request id; one access-log line each.
+                .wrap(from_fn(request_context::request_context))
                 .configure(routes::configure)
+                .configure(page::configure)
                 .configure(|cfg| {
                     if admin_on_main {
                         routes::configure_admin(cfg);
@@ -205,6 +216,7 @@ impl Bff {
                         .app_data(state.clone())
                         .app_data(http_metrics.clone())
                         .wrap(from_fn(record_http_metrics))
+                        .wrap(from_fn(request_context::request_context))
                         .configure(routes::configure_admin)
                         .default_service(web::to(routes::not_found))
                 })

@@ -51,18 +51,30 @@ fn quality(form: &Form) -> Result<i32, Problem> {
     }
 }
 
-/// `format`: jpeg/png/webp; absent = `default`.
+/// `format`: jpeg/png/webp/avif, or `auto` (the best the `Accept` header takes: AVIF, then
+/// WebP, else the input's own format); absent = `default`.
 fn format(form: &Form, default: ImageFormat) -> Result<ImageFormat, Problem> {
     match form.field("format").map(str::to_ascii_lowercase).as_deref() {
         None => Ok(default),
         Some("jpeg" | "jpg") => Ok(ImageFormat::Jpeg),
         Some("png") => Ok(ImageFormat::Png),
         Some("webp") => Ok(ImageFormat::Webp),
+        Some("avif") => Ok(ImageFormat::Avif),
+        Some("auto") if form.accept.avif => Ok(ImageFormat::Avif),
+        Some("auto") if form.accept.webp => Ok(ImageFormat::Webp),
+        Some("auto") => Ok(ImageFormat::Unspecified),
         Some(other) => Err(Problem::bad_request(format!(
-            "format {:?} is not one of jpeg, png, webp",
+            "format {:?} is not one of jpeg, png, webp, avif, auto",
             truncate(other)
         ))),
     }
+}
+
+/// Whether the answer depends on the request's `Accept` header (`format=auto`): then it is
+/// sent with `Vary: Accept`.
+pub fn varies_with_accept(form: &Form) -> bool {
+    form.field("format")
+        .is_some_and(|f| f.eq_ignore_ascii_case("auto"))
 }
 
 fn boolean(form: &Form, name: &str, default: bool) -> Result<bool, Problem> {

@@ -30,6 +30,9 @@ struct Body<'a> {
     title: &'a str,
     status: u16,
     detail: &'a str,
+    /// `urn:imagegate:request:<id>`: the request's `X-Request-Id`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    instance: Option<String>,
 }
 
 impl Problem {
@@ -88,13 +91,15 @@ impl Problem {
         format!("urn:imagegate:problem:{}", self.kind)
     }
 
-    /// The JSON body (also used for an SSE `error` event).
+    /// The JSON body (also used for an SSE `error` event); `instance` names the request being
+    /// handled (see [`crate::trace_context`]).
     pub fn to_json(&self) -> String {
         serde_json::to_string(&Body {
             type_: self.type_uri(),
             title: self.status.canonical_reason().unwrap_or("Error"),
             status: self.status.as_u16(),
             detail: &self.detail,
+            instance: crate::trace_context::TraceContext::current().map(|c| c.instance()),
         })
         .expect("serializable")
     }

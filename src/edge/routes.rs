@@ -88,12 +88,27 @@ fn content_type(data: &[u8]) -> &'static str {
         Some(Format::Png) => "image/png",
         Some(Format::WebP) => "image/webp",
         Some(Format::Gif) => "image/gif",
+        Some(Format::Avif) => "image/avif",
+        None if ops::is_avif(data) => "image/avif",
         None => "application/octet-stream",
     }
 }
 
-fn image_response(data: Bytes, original: i64, elapsed_ms: i64) -> actix_web::HttpResponseBuilder {
+/// `Vary: Accept` on an answer whose format `format=auto` chose from the `Accept` header.
+pub(super) fn vary_accept(r: &mut actix_web::HttpResponseBuilder, form: &super::intake::Form) {
+    if params::varies_with_accept(form) {
+        r.append_header((header::VARY, "Accept"));
+    }
+}
+
+fn image_response(
+    form: &super::intake::Form,
+    data: Bytes,
+    original: i64,
+    elapsed_ms: i64,
+) -> actix_web::HttpResponseBuilder {
     let mut r = HttpResponse::Ok();
+    vary_accept(&mut r, form);
     r.insert_header((header::CONTENT_TYPE, content_type(&data)))
         .insert_header(("X-Original-Size", original.to_string()))
         .insert_header(("X-Output-Size", data.len().to_string()))
@@ -127,7 +142,7 @@ async fn compress(
     let r = state.dispatcher.compress(request).await?;
     let ratio = r.compression_ratio;
     Ok(
-        image_response(r.image_data.clone(), r.original_size, r.elapsed_ms)
+        image_response(&form, r.image_data.clone(), r.original_size, r.elapsed_ms)
             .insert_header(("X-Compression-Ratio", format!("{ratio:.3}")))
             .insert_header(("X-Image-Width", r.width.to_string()))
             .insert_header(("X-Image-Height", r.height.to_string()))
@@ -148,7 +163,7 @@ async fn resize(
     let request = params::resize_request(&form, required_file(&form)?)?;
     let r = state.dispatcher.resize(request).await?;
     Ok(
-        image_response(r.image_data.clone(), r.original_size, r.elapsed_ms)
+        image_response(&form, r.image_data.clone(), r.original_size, r.elapsed_ms)
             .insert_header(("X-Image-Width", r.width.to_string()))
             .insert_header(("X-Image-Height", r.height.to_string()))
             .insert_header(("X-Compression-Ratio", ratio(r.original_size, r.output_size)))
@@ -170,7 +185,7 @@ async fn watermark(
     let request = params::watermark_request(&form, required_file(&form)?)?;
     let r = state.dispatcher.watermark(request).await?;
     Ok(
-        image_response(r.image_data.clone(), r.original_size, r.elapsed_ms)
+        image_response(&form, r.image_data.clone(), r.original_size, r.elapsed_ms)
             .insert_header(("X-Compression-Ratio", ratio(r.original_size, r.output_size)))
             .body(r.image_data),
     )
@@ -219,6 +234,7 @@ async fn batch(
     };
     let form = read_form(&req, payload, limits(&state), &state.body_budget, &spec).await?;
     let operation = params::batch_operation(&form)?;
+    let auto_format = params::varies_with_accept(&form);
     let images: Vec<Bytes> = form.files.iter().map(|f| f.data.clone()).collect();
     if images.is_empty() {
         return Err(Problem::bad_request("at least one `file` part is required"));
@@ -253,9 +269,27 @@ async fn batch(
         failed: 0,
         finished: false,
         _body_budget: form.budget,
+        trace: crate::trace_context::TraceContext::current(),
     };
-    Ok(sse::Sse::from_stream(run.events()).respond_to(&req))
+    let mut response = sse::Sse::from_stream(run.events())
+        // Comments on a quiet stream keep proxies and load balancers from timing it out.
+        .with_keep_alive(SSE_KEEP_ALIVE)
+        .respond_to(&req);
+    if auto_format {
+        response
+            .headers_mut()
+            .append(header::VARY, header::HeaderValue::from_static("Accept"));
+    }
+    // nginx (ingress-nginx) would otherwise buffer the stream and deliver it at the end.
+    response.headers_mut().insert(
+        header::HeaderName::from_static("x-accel-buffering"),
+        header::HeaderValue::from_static("no"),
+    );
+    Ok(response)
 }
+
+/// How often a batch stream with nothing to say sends a `:` comment line.
+const SSE_KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// The state of one batch's event stream. Owns the open gRPC stream (and through it the
 /// lane permit): when the client goes away the response body is dropped, and both with it.
@@ -274,6 +308,9 @@ struct BatchRun {
     /// The uploaded images stay in memory until the stream ends: so does their share of
     /// the body budget.
     _body_budget: Option<super::intake::BudgetHold>,
+    /// The request's ids: the stream outlives the handler, and its later calls to compute
+    /// and its `error` event still belong to the request.
+    trace: Option<crate::trace_context::TraceContext>,
 }
 
 type SseResult = Result<sse::Event, std::convert::Infallible>;
@@ -285,7 +322,10 @@ fn json_event(name: &'static str, value: serde_json::Value) -> SseResult {
 impl BatchRun {
     fn events(self) -> impl Stream<Item = SseResult> {
         futures_util::stream::unfold(self, |mut run| async move {
-            let event = run.next_event().await?;
+            let event = match run.trace.clone() {
+                Some(trace) => trace.scope(run.next_event()).await?,
+                None => run.next_event().await?,
+            };
             Some((event, run))
         })
     }

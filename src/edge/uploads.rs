@@ -56,7 +56,9 @@ async fn upload(
     let Stored { id, size, .. } = state.store.put(r.image_data).await?;
     let url = url_of(&id);
     let ratio = r.original_size as f64 / size.max(1) as f64;
-    Ok(HttpResponse::Created()
+    let mut response = HttpResponse::Created();
+    super::routes::vary_accept(&mut response, &form);
+    Ok(response
         .insert_header((header::LOCATION, url.clone()))
         .json(json!({
             "id": id.as_str(),

@@ -14,6 +14,7 @@ pub enum ImageKind {
     Jpeg,
     Png,
     Webp,
+    Avif,
 }
 
 impl ImageKind {
@@ -25,6 +26,11 @@ impl ImageKind {
             Some(ImageKind::Png)
         } else if data.len() >= 12 && &data[0..4] == b"RIFF" && &data[8..12] == b"WEBP" {
             Some(ImageKind::Webp)
+        } else if data.len() >= 12
+            && &data[4..8] == b"ftyp"
+            && matches!(&data[8..12], b"avif" | b"avis")
+        {
+            Some(ImageKind::Avif)
         } else {
             None
         }
@@ -35,6 +41,7 @@ impl ImageKind {
             ImageKind::Jpeg => "jpg",
             ImageKind::Png => "png",
             ImageKind::Webp => "webp",
+            ImageKind::Avif => "avif",
         }
     }
 
@@ -43,6 +50,7 @@ impl ImageKind {
             "jpg" => Some(ImageKind::Jpeg),
             "png" => Some(ImageKind::Png),
             "webp" => Some(ImageKind::Webp),
+            "avif" => Some(ImageKind::Avif),
             _ => None,
         }
     }
@@ -52,6 +60,7 @@ impl ImageKind {
             ImageKind::Jpeg => "image/jpeg",
             ImageKind::Png => "image/png",
             ImageKind::Webp => "image/webp",
+            ImageKind::Avif => "image/avif",
         }
     }
 
@@ -61,6 +70,7 @@ impl ImageKind {
             ImageKind::Jpeg => "jpeg",
             ImageKind::Png => "png",
             ImageKind::Webp => "webp",
+            ImageKind::Avif => "avif",
         }
     }
 }

@@ -93,6 +93,7 @@ pub enum FormatArg {
     Jpeg,
     Png,
     Webp,
+    Avif,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -121,6 +122,7 @@ fn output_format(format: Option<FormatArg>, output: &Path) -> OutputFormat {
         Some(FormatArg::Jpeg) => OutputFormat::Jpeg,
         Some(FormatArg::Png) => OutputFormat::Png,
         Some(FormatArg::Webp) => OutputFormat::WebP,
+        Some(FormatArg::Avif) => OutputFormat::Avif,
         None => {
             let ext = output
                 .extension()
@@ -130,6 +132,7 @@ fn output_format(format: Option<FormatArg>, output: &Path) -> OutputFormat {
                 Some("jpg" | "jpeg") => OutputFormat::Jpeg,
                 Some("png") => OutputFormat::Png,
                 Some("webp") => OutputFormat::WebP,
+                Some("avif") => OutputFormat::Avif,
                 _ => OutputFormat::Keep,
             }
         }
@@ -148,6 +151,7 @@ pub fn run(args: OpArgs) -> anyhow::Result<()> {
     let out = output_format(common.format, &common.output);
     let limits = Limits {
         max_pixels: common.max_pixels,
+        avif_speed: super::DEFAULT_AVIF_SPEED,
     };
     let quality = common.quality;
 

@@ -43,6 +43,8 @@ pub(crate) fn decode(
         Format::Png | Format::WebP | Format::Gif => {
             decode_with_image(data, format, limits, resize_to)
         }
+        // Never sniffed (AVIF is written, not read); kept exhaustive for the type's sake.
+        Format::Avif => Err(OpError::UnsupportedFormat(unsupported_message(data))),
     }
 }
 
@@ -332,13 +334,14 @@ fn decode_with_image(
             let (w, h) = gif_header_size(data)?;
             check_decoded_size(format, w, h, limits)?;
         }
-        Format::Jpeg | Format::WebP => {}
+        Format::Jpeg | Format::WebP | Format::Avif => {}
     }
     let image_format = match format {
         Format::Png => ImageFormat::Png,
         Format::Gif => ImageFormat::Gif,
         Format::WebP => ImageFormat::WebP,
         Format::Jpeg => ImageFormat::Jpeg,
+        Format::Avif => return Err(OpError::UnsupportedFormat(unsupported_message(data))),
     };
     let mut reader = ImageReader::with_format(Cursor::new(data), image_format);
     // Second guard: the decoders' own allocation limit, sized for the largest allowed image at
@@ -423,7 +426,10 @@ mod tests {
             gif_header_size(b"GIF89a\x10\x00\x20\x00").unwrap(),
             (16, 32)
         );
-        let l = Limits { max_pixels: 100 };
+        let l = Limits {
+            max_pixels: 100,
+            avif_speed: super::super::DEFAULT_AVIF_SPEED,
+        };
         assert!(matches!(
             check_decoded_size(Format::Png, 0, 5, &l),
             Err(OpError::Undecodable(_))

@@ -17,7 +17,12 @@ const JPEG_MAX_SIDE: u32 = 65_500;
 const WEBP_MAX_SIDE: u32 = 16_383;
 
 /// Encode an `ImageRgb8`/`ImageRgba8` as `format` (`Gif` is written as PNG).
-pub(crate) fn encode(image: DynamicImage, format: Format, quality: u8) -> Result<Encoded, OpError> {
+pub(crate) fn encode(
+    image: DynamicImage,
+    format: Format,
+    quality: u8,
+    limits: &super::Limits,
+) -> Result<Encoded, OpError> {
     let quality = quality.clamp(1, 100);
     let image = super::decode::to_rgb8_or_rgba8(image);
     let (width, height) = (image.width(), image.height());
@@ -25,6 +30,10 @@ pub(crate) fn encode(image: DynamicImage, format: Format, quality: u8) -> Result
         Format::Jpeg => (encode_jpeg(image, quality)?, Format::Jpeg),
         Format::Png | Format::Gif => (encode_png(&image)?, Format::Png),
         Format::WebP => (encode_webp(&image, quality)?, Format::WebP),
+        Format::Avif => (
+            encode_avif(&image, quality, limits.avif_speed)?,
+            Format::Avif,
+        ),
     };
     Ok(Encoded {
         data,
@@ -127,6 +136,23 @@ fn encode_webp(image: &DynamicImage, quality: u8) -> Result<Vec<u8>, OpError> {
         .encode_advanced(&config)
         .map_err(|e| OpError::Undecodable(format!("WebP encoding failed: {e:?}")))?;
     Ok(memory.to_vec())
+}
+
+/// AVIF with rav1e (through `image`'s ravif encoder) on one thread: the job already holds
+/// one of compute's CPU workers, and rav1e's own threads would take cores the pool does not
+/// count. 8-bit 4:4:4, sRGB (the decoder has already converted any embedded profile).
+fn encode_avif(image: &DynamicImage, quality: u8, speed: u8) -> Result<Vec<u8>, OpError> {
+    let (width, height) = (image.width(), image.height());
+    let color = match image {
+        DynamicImage::ImageRgba8(_) => ExtendedColorType::Rgba8,
+        _ => ExtendedColorType::Rgb8,
+    };
+    let mut out = Vec::new();
+    image::codecs::avif::AvifEncoder::new_with_speed_quality(&mut out, speed.clamp(1, 10), quality)
+        .with_num_threads(Some(1))
+        .write_image(image.as_bytes(), width, height, color)
+        .map_err(|e| OpError::Undecodable(format!("AVIF encoding failed: {e}")))?;
+    Ok(out)
 }
 
 /// libwebp effort, 0 (fastest) to 6 (smallest).

@@ -15,13 +15,15 @@ mod watermark;
 #[cfg(test)]
 mod testutil;
 
-/// An image container we can read.
+/// An image container: one we can read (JPEG, PNG, WebP, GIF) or AVIF, which is only
+/// written ([`sniff`] never answers it, so an AVIF input is an unsupported type).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
     Jpeg,
     Png,
     WebP,
     Gif,
+    Avif,
 }
 
 /// What to write: a concrete format, or the input's own (GIF input is written as PNG).
@@ -31,6 +33,7 @@ pub enum OutputFormat {
     Jpeg,
     Png,
     WebP,
+    Avif,
 }
 
 /// Limits checked before work is wasted.
@@ -38,7 +41,14 @@ pub enum OutputFormat {
 pub struct Limits {
     /// Largest decoded or produced image, in pixels (width × height).
     pub max_pixels: u64,
+    /// AVIF encoder speed, 1 (slowest, smallest) to 10 (fastest): bounds an AVIF encode's
+    /// time (`compute.avif_speed`).
+    pub avif_speed: u8,
 }
+
+/// Default AVIF encoder speed: a 24 MP photo in a few seconds on one core (see
+/// docs/benchmarks-ops.md), at a size still well under WebP's.
+pub const DEFAULT_AVIF_SPEED: u8 = 8;
 
 /// An encoded result.
 #[derive(Debug, Clone)]
@@ -115,6 +125,12 @@ pub fn sniff(data: &[u8]) -> Option<Format> {
     }
 }
 
+/// Whether `data` is an AVIF file (an ISO-BMFF `ftyp` box with an AVIF brand): what compute
+/// writes for `output_format = AVIF`, never an input it reads.
+pub fn is_avif(data: &[u8]) -> bool {
+    data.len() >= 12 && &data[4..8] == b"ftyp" && matches!(&data[8..12], b"avif" | b"avis")
+}
+
 /// Re-encode at `quality` (1–100) in `out`.
 pub fn compress(
     data: &[u8],
@@ -125,7 +141,7 @@ pub fn compress(
     guard(|| {
         let decoded = decode::decode(data, limits, None)?;
         let format = output_format(out, decoded.format);
-        encode::encode(decoded.image, format, quality)
+        encode::encode(decoded.image, format, quality, limits)
     })
 }
 
@@ -146,7 +162,7 @@ pub fn resize(
         let (w, h) = resize::target_size(&spec, decoded.full_width, decoded.full_height, limits)?;
         let image = resize::resize_to(decoded.image, w, h)?;
         let format = output_format(out, decoded.format);
-        encode::encode(image, format, quality)
+        encode::encode(image, format, quality, limits)
     })
 }
 
@@ -163,7 +179,7 @@ pub fn watermark(
         let decoded = decode::decode(data, limits, None)?;
         let image = watermark::apply(decoded.image, spec, limits)?;
         let format = output_format(out, decoded.format);
-        encode::encode(image, format, quality)
+        encode::encode(image, format, quality, limits)
     })
 }
 
@@ -173,6 +189,7 @@ fn output_format(out: OutputFormat, input: Format) -> Format {
         OutputFormat::Jpeg => Format::Jpeg,
         OutputFormat::Png => Format::Png,
         OutputFormat::WebP => Format::WebP,
+        OutputFormat::Avif => Format::Avif,
         OutputFormat::Keep => match input {
             Format::Gif => Format::Png,
             other => other,
@@ -188,6 +205,7 @@ impl Format {
             Format::Png => "png",
             Format::WebP => "webp",
             Format::Gif => "gif",
+            Format::Avif => "avif",
         }
     }
 }

@@ -128,6 +128,7 @@ mod tests {
 
     const L: Limits = Limits {
         max_pixels: 50_000_000,
+        avif_speed: super::super::DEFAULT_AVIF_SPEED,
     };
 
     fn fit(width: u32, height: u32) -> ResizeSpec {
@@ -170,6 +171,7 @@ mod tests {
         assert!(matches!(strip, Err(OpError::PixelLimit(_))));
         let unlimited = Limits {
             max_pixels: u64::MAX,
+            ..L
         };
         let strip = target_size(&fit(16384, 0), 1, 4_000_000_000, &unlimited);
         assert!(matches!(strip, Err(OpError::PixelLimit(_))));

@@ -8,6 +8,7 @@ use super::{encode, Format, Limits};
 pub fn limits() -> Limits {
     Limits {
         max_pixels: 50_000_000,
+        avif_speed: super::DEFAULT_AVIF_SPEED,
     }
 }
 
@@ -57,7 +58,9 @@ pub fn photo_like(width: u32, height: u32, seed: u64) -> RgbImage {
 }
 
 pub fn encode_as(image: DynamicImage, format: Format, quality: u8) -> Vec<u8> {
-    encode::encode(image, format, quality).unwrap().data
+    encode::encode(image, format, quality, &limits())
+        .unwrap()
+        .data
 }
 
 pub fn jpeg_of(image: RgbImage, quality: u8) -> Vec<u8> {

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod webdriver;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -479,7 +481,20 @@ pub async fn problem(
         response.headers()["content-type"].to_str().unwrap(),
         "application/problem+json"
     );
+    // Every problem names its request: the answer's X-Request-Id is in `instance`.
+    let request_id = response
+        .headers()
+        .get("x-request-id")
+        .expect("every answer carries X-Request-Id")
+        .to_str()
+        .unwrap()
+        .to_string();
     let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(
+        body["instance"],
+        format!("urn:imagegate:request:{request_id}"),
+        "{body}"
+    );
     assert_eq!(body["status"], status.as_u16());
     assert!(
         body["type"].as_str().is_some_and(|t| !t.is_empty()),
