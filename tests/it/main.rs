@@ -8,6 +8,7 @@
 
 mod support;
 
+mod browser;
 mod compute_grpc;
 mod e2e;
 mod edge_security;

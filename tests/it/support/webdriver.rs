@@ -26,8 +26,13 @@ fn which(name: &str, env: &str) -> String {
     panic!("{name} not found (set {env}, or run `make browser-deps`: apt-get install chromium chromium-driver)");
 }
 
+/// One browser at a time: two Chromiums beside the servers on a 2-core machine only make
+/// each other time out.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// One headless Chromium session; the driver (and the browser) are stopped on drop.
 pub struct Browser {
+    _turn: tokio::sync::MutexGuard<'static, ()>,
     driver: Child,
     base: String,
     client: reqwest::Client,
@@ -36,6 +41,7 @@ pub struct Browser {
 
 impl Browser {
     pub async fn start() -> Browser {
+        let turn = ONE_AT_A_TIME.lock().await;
         let driver_path = which("chromedriver", "CHROMEDRIVER");
         let chromium = which("chromium", "CHROMIUM");
         let port = unused_addr().port();
@@ -64,6 +70,7 @@ impl Browser {
         }
         let profile = TempDir::new("chromium-profile");
         let mut browser = Browser {
+            _turn: turn,
             driver,
             base,
             client,
