@@ -1,11 +1,13 @@
 //! A bulkhead lane: admission (a resizable permit counter with a bounded wait, then shedding),
 //! its own TCP connections to each compute replica (the [`Upstream`]), per-call deadline sent
 //! as grpc-timeout, safe retries (on another replica when there is one) with jittered
-//! exponential backoff under a retry budget, and the lane's metrics.
+//! exponential backoff under a retry budget, and the lane's metrics. An adaptive lane
+//! (`concurrency = "adaptive"`) feeds every finished call to its [`AdaptiveLimit`], which
+//! resizes the permit counter.
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -16,12 +18,14 @@ use tonic::transport::Channel;
 use tonic::{Code, Status};
 use tower::retry::budget::{Budget, TpsBudget};
 
+use super::adaptive::{AdaptiveLimit, Signal};
 use super::balancer::{Outcome, Picked, Upstream};
 use super::circuit::{Circuit, Ticket};
 use super::limiter::{Limiter, Permit};
 use super::metrics::{code_name, rejected, LaneMetrics};
 use super::DispatchError;
-use crate::config::LaneConfig;
+use crate::compute::status::{reason, reason_of};
+use crate::config::{Concurrency, LaneConfig};
 
 /// One lane: its limits (swappable at run time), permits, connections and metrics.
 pub struct Lane {
@@ -32,6 +36,61 @@ pub struct Lane {
     upstream: Arc<Upstream>,
     budget: ArcSwap<TpsBudget>,
     metrics: LaneMetrics,
+    /// The controller of an adaptive lane (`None`: the limit is `max_in_flight`).
+    adaptive: Mutex<Option<AdaptiveLimit>>,
+}
+
+/// The work compute reports in an answer (`elapsed_ms`), which the adaptive limit subtracts
+/// from the round trip to see the wait in front of compute.
+pub trait ReportsWork {
+    /// `None` for answers that carry no work time (health checks).
+    fn work(&self) -> Option<Duration>;
+}
+
+/// `elapsed_ms` is truncated to whole milliseconds: count the middle of that millisecond.
+fn work_of(elapsed_ms: i64) -> Option<Duration> {
+    u64::try_from(elapsed_ms)
+        .ok()
+        .map(|ms| Duration::from_micros(ms * 1000 + 500))
+}
+
+impl ReportsWork for crate::proto::CompressResponse {
+    fn work(&self) -> Option<Duration> {
+        work_of(self.elapsed_ms)
+    }
+}
+
+impl ReportsWork for crate::proto::ResizeResponse {
+    fn work(&self) -> Option<Duration> {
+        work_of(self.elapsed_ms)
+    }
+}
+
+impl ReportsWork for crate::proto::WatermarkResponse {
+    fn work(&self) -> Option<Duration> {
+        work_of(self.elapsed_ms)
+    }
+}
+
+impl ReportsWork for crate::proto::HealthCheckResponse {
+    fn work(&self) -> Option<Duration> {
+        None
+    }
+}
+
+/// The queue in front of the permits of an adaptive lane: at most half its limit (at least
+/// one), so a call that waits is served within about half a call's time; a fixed lane keeps
+/// `max_queued` as configured.
+fn max_queued_for(config: &LaneConfig, limit: usize) -> usize {
+    match config.concurrency {
+        Concurrency::Fixed => config.max_queued,
+        Concurrency::Adaptive => config.max_queued.min(limit.div_ceil(2).max(1)),
+    }
+}
+
+fn controller_for(config: &LaneConfig) -> Option<AdaptiveLimit> {
+    (config.concurrency == Concurrency::Adaptive)
+        .then(|| AdaptiveLimit::new(config.min_in_flight, config.max_in_flight, Instant::now()))
 }
 
 /// Decrements the in-flight gauge when the call (or stream) ends, however it ends.
@@ -58,10 +117,15 @@ impl Lane {
         upstream: Arc<Upstream>,
         metrics: LaneMetrics,
     ) -> Self {
-        let limiter = Limiter::new(config.max_in_flight);
-        limiter.set_max_queued(config.max_queued);
-        metrics.limit.set(config.max_in_flight as i64);
+        let adaptive = controller_for(&config);
+        let limit = adaptive
+            .as_ref()
+            .map_or(config.max_in_flight, AdaptiveLimit::limit);
+        let limiter = Limiter::new(limit);
+        limiter.set_max_queued(max_queued_for(&config, limit));
+        metrics.limit.set(limit as i64);
         Lane {
+            adaptive: Mutex::new(adaptive),
             name: name.to_string(),
             budget: ArcSwap::from_pointee(budget_for(&config)),
             circuit: Arc::new(Circuit::new(config.circuit())),
@@ -85,19 +149,98 @@ impl Lane {
         &self.metrics
     }
 
+    /// The concurrency limit in force (adaptive or fixed).
+    pub fn limit(&self) -> usize {
+        self.limiter.limit()
+    }
+
     /// Applies new limits (max in flight, queue wait, deadline, retries, budget) to calls
     /// admitted from now on; calls in flight finish under the old ones. Connection settings
     /// (connections, keepalive, windows, message size) take effect for new lanes only.
+    /// An adaptive limit is clamped into the new bounds, not reset.
     pub fn set_limits(&self, config: LaneConfig) {
-        self.limiter.set_limit(config.max_in_flight);
-        self.limiter.set_max_queued(config.max_queued);
+        let limit = {
+            let mut adaptive = self.adaptive.lock().expect("adaptive lock");
+            match (&mut *adaptive, config.concurrency) {
+                (Some(controller), Concurrency::Adaptive) => {
+                    controller.set_bounds(config.min_in_flight, config.max_in_flight);
+                    controller.limit()
+                }
+                (None, Concurrency::Adaptive) => {
+                    // Switched from fixed: start from the limit in force.
+                    let mut controller = AdaptiveLimit::new(
+                        config.min_in_flight,
+                        config.max_in_flight,
+                        Instant::now(),
+                    );
+                    controller.start_at(self.limiter.limit());
+                    let limit = controller.limit();
+                    *adaptive = Some(controller);
+                    limit
+                }
+                (_, Concurrency::Fixed) => {
+                    *adaptive = None;
+                    config.max_in_flight
+                }
+            }
+        };
+        self.limiter.set_limit(limit);
+        self.limiter.set_max_queued(max_queued_for(&config, limit));
         self.circuit.set_settings(config.circuit());
         self.upstream.set_eject((&config).into());
-        self.metrics.limit.set(config.max_in_flight as i64);
+        self.metrics.limit.set(limit as i64);
         if config.retry_budget_ratio != self.config.load().retry_budget_ratio {
             self.budget.store(Arc::new(budget_for(&config)));
         }
         self.config.store(Arc::new(config));
+    }
+
+    /// Feeds one finished call to the adaptive limit (if the lane has one) and applies a new
+    /// limit at once: the permit counter, the queue in front of it and the gauge.
+    fn adapt(&self, signal: Signal) {
+        let mut adaptive = self.adaptive.lock().expect("adaptive lock");
+        let Some(controller) = adaptive.as_mut() else {
+            return;
+        };
+        // The finishing call still holds its permit: it counts as in flight.
+        let in_flight = self.metrics.in_flight.get().max(1) as usize;
+        if let Signal::Answered { round_trip, work } = signal {
+            self.metrics
+                .compute_wait
+                .observe(round_trip.saturating_sub(work).as_secs_f64());
+        }
+        let Some(limit) = controller.observe(Instant::now(), in_flight, signal) else {
+            if let Some(v) = controller.last_verdict() {
+                self.metrics.compute_busy.set(v.busy);
+            }
+            return;
+        };
+        let verdict = controller.last_verdict();
+        let config = self.config.load();
+        self.limiter.set_limit(limit);
+        self.limiter.set_max_queued(max_queued_for(&config, limit));
+        self.metrics.limit.set(limit as i64);
+        if let Some(v) = verdict {
+            self.metrics.compute_busy.set(v.busy);
+            tracing::debug!(
+                lane = %self.name,
+                limit,
+                busy = format_args!("{:.1}", v.busy),
+                wait_p90_ms = format_args!("{:.2}", v.wait_p90.as_secs_f64() * 1e3),
+                tolerance_ms = format_args!("{:.2}", v.tolerance.as_secs_f64() * 1e3),
+                "adaptive limit moved"
+            );
+        }
+    }
+
+    /// What a failed call tells the adaptive limit: compute refused it (QUEUE_FULL), or the
+    /// deadline passed. Other failures say nothing about compute's capacity.
+    fn adapt_to_failure(&self, e: &DispatchError) {
+        match e {
+            DispatchError::Deadline { .. } => self.adapt(Signal::Deadline),
+            DispatchError::Status(s) if is_queue_full(s) => self.adapt(Signal::QueueFull),
+            _ => {}
+        }
     }
 
     /// Fails fast while the lane's circuit is open.
@@ -153,6 +296,7 @@ impl Lane {
     ) -> Result<Resp, DispatchError>
     where
         Req: Clone,
+        Resp: ReportsWork,
         F: Fn(Channel, tonic::Request<Req>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
     {
@@ -164,10 +308,16 @@ impl Lane {
         let result = self
             .with_retries(&config, deadline, request, &call)
             .await
-            .map(|(response, picked)| {
+            .map(|(response, picked, round_trip)| {
                 picked.record(Outcome::Answered);
+                if let Some(work) = response.get_ref().work() {
+                    self.adapt(Signal::Answered { round_trip, work });
+                }
                 response
             });
+        if let Err(e) = &result {
+            self.adapt_to_failure(e);
+        }
         let code = match &result {
             Ok(_) => Code::Ok,
             Err(e) => error_code(e),
@@ -181,7 +331,7 @@ impl Lane {
     /// Opens a server-streaming call; the permit and the deadline belong to the returned
     /// stream, so a client that goes away releases both at once.
     pub async fn server_streaming<Req, Item, F, Fut>(
-        &self,
+        self: &Arc<Self>,
         method: &'static str,
         request: Req,
         call: F,
@@ -197,13 +347,14 @@ impl Lane {
         let started = Instant::now();
         let deadline = started + config.deadline;
         match self.with_retries(&config, deadline, request, &call).await {
-            Ok((response, picked)) => Ok(LaneStream {
+            Ok((response, picked, _)) => Ok(LaneStream {
                 inner: response.into_inner(),
                 lane: self.name.clone(),
                 deadline: Box::pin(tokio::time::sleep_until(deadline)),
                 deadline_len: config.deadline,
                 finished: false,
                 record: Some(StreamRecord {
+                    lane: self.clone(),
                     metrics: self.metrics.clone(),
                     method,
                     started,
@@ -213,6 +364,7 @@ impl Lane {
                 }),
             }),
             Err(e) => {
+                self.adapt_to_failure(&e);
                 let code = error_code(&e);
                 ticket.record(compute_failed(code));
                 self.metrics
@@ -228,7 +380,7 @@ impl Lane {
         deadline: Instant,
         request: Req,
         call: &F,
-    ) -> Result<(tonic::Response<Resp>, Picked), DispatchError>
+    ) -> Result<(tonic::Response<Resp>, Picked, Duration), DispatchError>
     where
         Req: Clone,
         F: Fn(Channel, tonic::Request<Req>) -> Fut,
@@ -252,6 +404,7 @@ impl Lane {
             let mut req = tonic::Request::new(request.clone());
             req.set_timeout(remaining);
             crate::trace_context::TraceContext::inject_current(req.metadata_mut());
+            let sent = Instant::now();
             let outcome =
                 tokio::time::timeout_at(deadline, call(picked.channel.clone(), req)).await;
             let status = match outcome {
@@ -259,7 +412,7 @@ impl Lane {
                     picked.record(Outcome::Failed);
                     return Err(self.deadline_exceeded(config));
                 }
-                Ok(Ok(response)) => return Ok((response, picked)),
+                Ok(Ok(response)) => return Ok((response, picked, sent.elapsed())),
                 Ok(Err(status)) => transport_failure_is_unavailable(status),
             };
             tried.push(picked.endpoint.clone());
@@ -372,12 +525,19 @@ impl std::fmt::Display for NotSent {
 impl std::error::Error for NotSent {}
 
 struct StreamRecord {
+    lane: Arc<Lane>,
     metrics: LaneMetrics,
     method: &'static str,
     started: Instant,
     in_flight: InFlight,
     ticket: Ticket,
     picked: Picked,
+}
+
+/// RESOURCE_EXHAUSTED with reason QUEUE_FULL: compute's queue was full, the call was not run.
+fn is_queue_full(status: &Status) -> bool {
+    status.code() == Code::ResourceExhausted
+        && reason_of(status).as_deref() == Some(reason::QUEUE_FULL)
 }
 
 fn error_code(e: &DispatchError) -> Code {
@@ -417,6 +577,9 @@ impl<T> LaneStream<T> {
         if let Some(r) = self.record.take() {
             if code == Code::DeadlineExceeded {
                 r.metrics.rejected(rejected::DEADLINE).inc();
+                // A batch's items carry their own work times, but a stream is one permit for
+                // many items (run in parallel by compute): only its overload signal is fed.
+                r.lane.adapt(Signal::Deadline);
             }
             r.metrics
                 .request(r.method, code_name(code), r.started.elapsed().as_secs_f64());
@@ -459,6 +622,9 @@ impl<T> Stream for LaneStream<T> {
             Poll::Ready(Some(Ok(item))) => Poll::Ready(Some(Ok(item))),
             Poll::Ready(Some(Err(status))) => {
                 let status = transport_failure_is_unavailable(status);
+                if let (true, Some(r)) = (is_queue_full(&status), &this.record) {
+                    r.lane.adapt(Signal::QueueFull);
+                }
                 this.finish(status.code());
                 Poll::Ready(Some(Err(DispatchError::Status(status))))
             }

@@ -2,8 +2,8 @@
 //! the per-lane handles each lane records into.
 
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry,
+    Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry,
 };
 
 use super::connector::ConnectionMetrics;
@@ -25,6 +25,8 @@ pub struct LaneMetricFamilies {
     queue_wait: HistogramVec,
     rejected: IntCounterVec,
     limit: IntGaugeVec,
+    compute_wait: HistogramVec,
+    compute_busy: GaugeVec,
     connections: IntGaugeVec,
     bytes_sent: IntCounterVec,
     bytes_received: IntCounterVec,
@@ -50,6 +52,10 @@ pub struct LaneMetrics {
     pub in_flight: IntGauge,
     pub queue_wait: Histogram,
     pub limit: IntGauge,
+    /// What an adaptive lane's controller sees: the wait in front of compute per answer
+    /// (round trip − the work compute reports) and the calls compute serves in parallel.
+    pub compute_wait: Histogram,
+    pub compute_busy: Gauge,
     pub connections: ConnectionMetrics,
     pub endpoints: EndpointMetrics,
 }
@@ -133,6 +139,29 @@ impl LaneMetricFamilies {
                 )
                 .expect("valid metric"),
             ),
+            compute_wait: register(
+                registry,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "imagegate_lane_compute_wait_seconds",
+                        "Adaptive lanes: per answered call, its round trip minus the work compute reported (elapsed_ms): the wait in front of compute (its queue, the wire, encoding).",
+                    )
+                    .buckets(vec![0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]),
+                    lane,
+                )
+                .expect("valid metric"),
+            ),
+            compute_busy: register(
+                registry,
+                GaugeVec::new(
+                    Opts::new(
+                        "imagegate_lane_compute_busy",
+                        "Adaptive lanes: calls compute served in parallel over the controller's last window (work time answered / window); the limit never falls below it.",
+                    ),
+                    lane,
+                )
+                .expect("valid metric"),
+            ),
             connections: register(
                 registry,
                 IntGaugeVec::new(
@@ -191,6 +220,8 @@ impl LaneMetricFamilies {
             in_flight: self.in_flight.with_label_values(&[label]),
             queue_wait: self.queue_wait.with_label_values(&[label]),
             limit: self.limit.with_label_values(&[label]),
+            compute_wait: self.compute_wait.with_label_values(&[label]),
+            compute_busy: self.compute_busy.with_label_values(&[label]),
             connections: ConnectionMetrics {
                 open: self.connections.with_label_values(&[label]),
                 bytes_sent: self.bytes_sent.with_label_values(&[label]),

@@ -3,6 +3,7 @@
 //!
 //! - [`lane`]: one bulkhead lane (admission, deadline, retries, metrics);
 //! - [`limiter`]: the lane's resizable permit counter;
+//! - [`adaptive`]: the controller that moves an adaptive lane's limit;
 //! - [`circuit`]: the lane's circuit breaker;
 //! - [`balancer`]: the lane's compute replicas — least-in-flight choice, ejection of failing
 //!   endpoints, `dns://` re-resolution;
@@ -16,6 +17,7 @@
 //! connection; they keep their own admission limits, so a comparison measures the connection,
 //! not a semaphore. Metrics then say `lane="shared"`.
 
+pub mod adaptive;
 pub mod balancer;
 pub mod circuit;
 pub mod connector;
@@ -32,13 +34,13 @@ use std::time::Duration;
 use prometheus::Registry;
 use tonic::Status;
 
-use crate::config::{Config, Mode};
+use crate::config::{Config, LaneConfig, Mode};
 use crate::proto::{
     health_service_client::HealthServiceClient, image_service_client::ImageServiceClient,
 };
 use balancer::{Resolver, Upstream};
 use lane::{Lane, LaneStream};
-use metrics::LaneMetricFamilies;
+use metrics::{LaneMetricFamilies, LaneMetrics};
 use target::Target;
 
 /// Why a call through the dispatcher failed.
@@ -103,6 +105,17 @@ pub const RESIZE: &str = "compute.ImageService/Resize";
 pub const WATERMARK: &str = "compute.ImageService/Watermark";
 pub const BATCH_PROCESS: &str = "compute.ImageService/BatchProcess";
 pub const HEALTH_CHECK: &str = "compute.HealthService/Check";
+
+/// A lane's settings on its pool. Lanes that share the one connection of `shared` mode (the
+/// seed's design, kept for comparison) report as one `shared` label whose limit is their sum,
+/// so they keep fixed limits: an adaptive limit per lane could not be shown there.
+fn on_pool(config: &LaneConfig, metrics: &LaneMetrics) -> LaneConfig {
+    let mut config = config.clone();
+    if metrics.label == "shared" {
+        config.concurrency = crate::config::Concurrency::Fixed;
+    }
+    config
+}
 
 impl Dispatcher {
     /// Builds the lanes from config. Connections are made lazily, on first use.
@@ -183,9 +196,10 @@ impl Dispatcher {
                     (pool, metrics)
                 }
             };
+            let pool_config = on_pool(lane_config, &metrics);
             lanes.insert(
                 name.to_string(),
-                Arc::new(Lane::new(name, lane_config.clone(), pool, metrics)),
+                Arc::new(Lane::new(name, pool_config, pool, metrics)),
             );
             let address = lane_config.url.as_deref().unwrap_or(&config.compute_url);
             addresses.insert(name.to_string(), address.to_string());
@@ -221,7 +235,7 @@ impl Dispatcher {
     pub fn set_limits(&self, config: &Config) {
         for (name, lane_config) in config.lanes.iter() {
             if let Some(lane) = self.lanes.get(name) {
-                lane.set_limits(lane_config.clone());
+                lane.set_limits(on_pool(lane_config, lane.metrics()));
             }
         }
         self.publish_limits();
@@ -234,7 +248,7 @@ impl Dispatcher {
                 .lanes
                 .values()
                 .filter(|l| l.metrics().label == "shared")
-                .map(|l| l.config().max_in_flight)
+                .map(|l| l.limit())
                 .sum();
             self.lanes["heavy"].metrics().limit.set(total as i64);
         }

@@ -782,10 +782,20 @@ async fn metrics_expose_every_lane_family_and_http_metrics() {
         metric(&text, "imagegate_lane_requests_total{code=\"OK\",lane=\"heavy\",method=\"compute.ImageService/Compress\"}"),
         Some(1.0)
     );
+    // The heavy lane is adaptive: it starts at INITIAL_LIMIT (8) and one call moves nothing.
     assert_eq!(
         metric(&text, "imagegate_lane_limit{lane=\"heavy\"}"),
-        Some(32.0)
+        Some(imagegate::dispatch::adaptive::INITIAL_LIMIT as f64)
     );
+    // What the controller saw: one answered call, one wait sample.
+    assert_eq!(
+        metric(
+            &text,
+            "imagegate_lane_compute_wait_seconds_count{lane=\"heavy\"}"
+        ),
+        Some(1.0)
+    );
+    assert!(metric(&text, "imagegate_lane_compute_busy{lane=\"heavy\"}").is_some());
     assert_eq!(
         metric(&text, "imagegate_lane_limit{lane=\"realtime\"}"),
         Some(256.0)
@@ -1014,5 +1024,67 @@ async fn a_serving_health_check_reopens_the_heavy_lane_without_waiting_out_the_c
         compress().await.status(),
         200,
         "the probe closed the circuit"
+    );
+}
+
+#[tokio::test]
+async fn an_adaptive_heavy_lane_lowers_its_limit_when_compute_answers_queue_full() {
+    // One CPU worker and one queue place: of eight calls released at once, six are refused.
+    let log = CallLog::default();
+    let mut compute_cfg = compute_config();
+    compute_cfg.workers = 1;
+    compute_cfg.queue_capacity = 1;
+    let compute = start_compute(compute_cfg, Some(log.hook()));
+    let config = bff_config(&compute.url());
+    assert_eq!(
+        config.lanes.heavy.concurrency,
+        imagegate::config::Concurrency::Adaptive
+    );
+    let bff = start_bff(config);
+    let start = metric(
+        &metrics_text(&bff).await,
+        "imagegate_lane_limit{lane=\"heavy\"}",
+    )
+    .expect("a heavy limit");
+    assert_eq!(start, imagegate::dispatch::adaptive::INITIAL_LIMIT as f64);
+    // The controller decides on windows of at least 250 ms from the lane's start.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    log.hold("Compress");
+    let mut calls = Vec::new();
+    for _ in 0..8 {
+        let url = bff.url("/v1/images/compress");
+        calls.push(tokio::spawn(async move {
+            post(url, Form::new().part("file", file(jpeg(256, 256))))
+                .await
+                .status()
+        }));
+    }
+    assert!(
+        eventually(Duration::from_secs(20), async || {
+            metric(
+                &metrics_text(&bff).await,
+                "imagegate_lane_in_flight{lane=\"heavy\"}",
+            ) == Some(8.0)
+        })
+        .await,
+        "eight calls never got in flight"
+    );
+    log.release("Compress");
+    let mut refused = 0;
+    for call in calls {
+        let status = call.await.unwrap();
+        assert!(status == 200 || status == 503, "{status}");
+        refused += usize::from(status == 503);
+    }
+    assert!(refused >= 3, "only {refused} calls were refused by compute");
+    let text = metrics_text(&bff).await;
+    let limit = metric(&text, "imagegate_lane_limit{lane=\"heavy\"}").unwrap();
+    assert!(
+        limit < start,
+        "QUEUE_FULL answers left the limit at {limit} (started at {start})"
+    );
+    assert_eq!(
+        metric(&text, "imagegate_lane_in_flight{lane=\"heavy\"}"),
+        Some(0.0)
     );
 }

@@ -265,7 +265,13 @@ async fn a_real_prometheus_scrapes_both_processes_and_evaluates_the_rules() {
     let want_limits = [
         (
             "heavy".to_string(),
-            config.lanes.heavy.max_in_flight.to_string(),
+            // Adaptive: the limit in force starts at INITIAL_LIMIT within its bounds.
+            imagegate::dispatch::adaptive::INITIAL_LIMIT
+                .clamp(
+                    config.lanes.heavy.min_in_flight,
+                    config.lanes.heavy.max_in_flight,
+                )
+                .to_string(),
         ),
         (
             "realtime".to_string(),
