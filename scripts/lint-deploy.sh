@@ -144,7 +144,7 @@ imagegate_lane_queue_wait_seconds imagegate_lane_rejected_total imagegate_lane_l
 imagegate_lane_bytes_sent_total imagegate_lane_bytes_received_total imagegate_http_requests_total
 imagegate_http_request_duration_seconds imagegate_compute_operations_total
 imagegate_compute_operation_duration_seconds imagegate_compute_queue_depth
-imagegate_config_reloads_total""".split()
+imagegate_config_reloads_total imagegate_lane_limit_bounds""".split()
 HISTOGRAMS = [m for m in CONTRACT if m.endswith("_seconds") and "duration" in m or m.endswith("wait_seconds")]
 known = set(CONTRACT) | {f"{h}_{s}" for h in HISTOGRAMS for s in ("bucket", "sum", "count")} | {"up"}
 used = set()
@@ -220,11 +220,13 @@ EXPECTED_PANELS = [
     "Rejections by reason", "Connections", "Bytes on the wire", "HTTP requests by status",
     "Compute operations by result", "Compute queue depth", "Compute duration p50 / p99",
     "Resident memory (RSS)", "CPU", "Config reloads by result",
+    "Adaptive limit: limit, bounds, compute busy", "Wait in front of compute p50 / p99",
 ]
-LANE_PANELS = EXPECTED_PANELS[:7]
+LANE_PANELS = EXPECTED_PANELS[:7] + EXPECTED_PANELS[-2:]
 # Beyond the contract: what the BFF also exports (live reload, the upload store, process).
 EXTRA = """imagegate_config_reloads_total imagegate_store_bytes imagegate_store_objects
-imagegate_store_errors_total process_open_fds process_max_fds""".split()
+imagegate_store_errors_total process_open_fds process_max_fds
+imagegate_lane_limit_bounds imagegate_lane_compute_busy imagegate_lane_compute_wait_seconds_bucket""".split()
 problems = []
 used = set()
 d = json.load(open("deploy/grafana/imagegate.json"))

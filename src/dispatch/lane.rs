@@ -88,6 +88,15 @@ fn max_queued_for(config: &LaneConfig, limit: usize) -> usize {
     }
 }
 
+fn publish_bounds(metrics: &LaneMetrics, config: &LaneConfig) {
+    let min = match config.concurrency {
+        Concurrency::Adaptive => config.min_in_flight,
+        Concurrency::Fixed => config.max_in_flight,
+    };
+    metrics.limit_min.set(min as i64);
+    metrics.limit_max.set(config.max_in_flight as i64);
+}
+
 fn controller_for(config: &LaneConfig) -> Option<AdaptiveLimit> {
     (config.concurrency == Concurrency::Adaptive)
         .then(|| AdaptiveLimit::new(config.min_in_flight, config.max_in_flight, Instant::now()))
@@ -124,6 +133,7 @@ impl Lane {
         let limiter = Limiter::new(limit);
         limiter.set_max_queued(max_queued_for(&config, limit));
         metrics.limit.set(limit as i64);
+        publish_bounds(&metrics, &config);
         Lane {
             adaptive: Mutex::new(adaptive),
             name: name.to_string(),
@@ -189,6 +199,7 @@ impl Lane {
         self.circuit.set_settings(config.circuit());
         self.upstream.set_eject((&config).into());
         self.metrics.limit.set(limit as i64);
+        publish_bounds(&self.metrics, &config);
         if config.retry_budget_ratio != self.config.load().retry_budget_ratio {
             self.budget.store(Arc::new(budget_for(&config)));
         }

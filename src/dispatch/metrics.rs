@@ -25,6 +25,7 @@ pub struct LaneMetricFamilies {
     queue_wait: HistogramVec,
     rejected: IntCounterVec,
     limit: IntGaugeVec,
+    limit_bounds: IntGaugeVec,
     compute_wait: HistogramVec,
     compute_busy: GaugeVec,
     connections: IntGaugeVec,
@@ -52,6 +53,10 @@ pub struct LaneMetrics {
     pub in_flight: IntGauge,
     pub queue_wait: Histogram,
     pub limit: IntGauge,
+    /// The bounds the limit moves between (`min_in_flight`, `max_in_flight`; both the limit
+    /// for a fixed lane), so an alert can tell a limit pinned at its floor or ceiling.
+    pub limit_min: IntGauge,
+    pub limit_max: IntGauge,
     /// What an adaptive lane's controller sees: the wait in front of compute per answer
     /// (round trip − the work compute reports) and the calls compute serves in parallel.
     pub compute_wait: Histogram,
@@ -139,6 +144,17 @@ impl LaneMetricFamilies {
                 )
                 .expect("valid metric"),
             ),
+            limit_bounds: register(
+                registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "imagegate_lane_limit_bounds",
+                        "The bounds of the lane's limit (bound=min: min_in_flight, bound=max: max_in_flight); both equal the limit of a fixed lane.",
+                    ),
+                    &["lane", "bound"],
+                )
+                .expect("valid metric"),
+            ),
             compute_wait: register(
                 registry,
                 HistogramVec::new(
@@ -220,6 +236,8 @@ impl LaneMetricFamilies {
             in_flight: self.in_flight.with_label_values(&[label]),
             queue_wait: self.queue_wait.with_label_values(&[label]),
             limit: self.limit.with_label_values(&[label]),
+            limit_min: self.limit_bounds.with_label_values(&[label, "min"]),
+            limit_max: self.limit_bounds.with_label_values(&[label, "max"]),
             compute_wait: self.compute_wait.with_label_values(&[label]),
             compute_busy: self.compute_busy.with_label_values(&[label]),
             connections: ConnectionMetrics {

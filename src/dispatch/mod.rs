@@ -250,7 +250,10 @@ impl Dispatcher {
                 .filter(|l| l.metrics().label == "shared")
                 .map(|l| l.limit())
                 .sum();
-            self.lanes["heavy"].metrics().limit.set(total as i64);
+            let metrics = self.lanes["heavy"].metrics();
+            metrics.limit.set(total as i64);
+            metrics.limit_min.set(total as i64);
+            metrics.limit_max.set(total as i64);
         }
     }
 
