@@ -50,7 +50,7 @@ use bytes::Bytes;
 use support::*;
 
 const USAGE: &str = "usage: overload --phase overload|failover --bin PATH --work DIR [--out FILE] \
-[--cap N] [--max-queued N] [--queue-waits 250ms,0ms] [--compute-workers N] [--factor F] [--secs S] [--width PX] [--grain G] [--rate R] [--down-secs S]\n\
+[--cap N] [--max-queued N] [--queue-waits 250ms,0ms] [--lanes adaptive,fixed,tuned] [--compute-workers N] [--factor F] [--secs S] [--width PX] [--grain G] [--rate R] [--down-secs S]\n\
 Normally run by `make bench-overload` (scripts/bench-overload.sh).";
 
 /// Most requests outstanding at the client at once (open loop): beyond it a send is skipped
@@ -66,6 +66,8 @@ struct Args {
     /// `lanes.heavy.max_queued` (default: half of `cap`, at least 1: the documented sizing).
     max_queued: usize,
     queue_waits: Vec<String>,
+    /// Heavy-lane modes to compare (`adaptive,fixed,tuned`); empty: the queue-wait columns.
+    lanes: Vec<String>,
     factor: f64,
     secs: f64,
     width: u32,
@@ -98,6 +100,19 @@ fn parse_args() -> Result<Option<Args>, String> {
         .map(|s| s.trim().to_string())
         .filter(|s| !s.is_empty())
         .collect();
+    let lanes: Vec<String> = f
+        .take("lanes")
+        .unwrap_or_default()
+        .split(',')
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect();
+    if let Some(bad) = lanes
+        .iter()
+        .find(|m| !["adaptive", "fixed", "tuned"].contains(&m.as_str()))
+    {
+        return Err(format!("--lanes takes adaptive,fixed,tuned; got {bad:?}"));
+    }
     let factor = f.num("factor", 4.0)?;
     let secs = f.num("secs", 20.0)?;
     let width = f.num("width", 1024.0)? as u32;
@@ -114,6 +129,7 @@ fn parse_args() -> Result<Option<Args>, String> {
         cap,
         max_queued,
         queue_waits,
+        lanes,
         factor,
         secs,
         width,
@@ -431,10 +447,17 @@ async fn overload(args: &Args, report: &mut Report) -> anyhow::Result<()> {
     )
     .await?;
 
-    report.line(format!(
-        "### Overload: heavy lane max_in_flight = {}, max_queued = {}, open loop at {}× its measured throughput",
-        args.cap, args.max_queued, args.factor
-    ));
+    report.line(if args.lanes.is_empty() {
+        format!(
+            "### Overload: heavy lane max_in_flight = {}, max_queued = {}, open loop at {}× its measured throughput",
+            args.cap, args.max_queued, args.factor
+        )
+    } else {
+        format!(
+            "### Overload: the heavy lane's concurrency modes side by side, open loop at {}× the measured throughput",
+            args.factor
+        )
+    });
     report.line("");
     report.line(format!(
         "Request: `POST /v1/images/compress`, a {}×{} photo-like JPEG ({}) to JPEG Q80. \
@@ -466,17 +489,67 @@ async fn overload(args: &Args, report: &mut Report) -> anyhow::Result<()> {
     };
     let mut notes: Vec<String> = Vec::new();
 
-    for qw in &args.queue_waits {
+    // Comparing lane modes, every column gets the same offered load: compute's capacity,
+    // measured once through a BFF that cannot be the bottleneck (fixed, `--cap` in flight),
+    // after a warm-up that leaves compute as warm for the first column as for the last.
+    let calibrated = if args.lanes.is_empty() {
+        None
+    } else {
         let mut env = base.clone();
-        env.push((
-            "IMAGEGATE_LANES__HEAVY__MAX_IN_FLIGHT".into(),
-            args.cap.to_string(),
+        env.extend([
+            ("IMAGEGATE_LANES__HEAVY__CONCURRENCY".into(), "fixed".into()),
+            (
+                "IMAGEGATE_LANES__HEAVY__MAX_IN_FLIGHT".into(),
+                args.cap.to_string(),
+            ),
+        ]);
+        let ports_c = Ports {
+            bff: free_port(),
+            ..ports.clone()
+        };
+        let mut bff = spawn_bff(
+            &args.bin,
+            &ports_c,
+            &env,
+            args.work.join("overload-bff-calibration.log"),
+        )?;
+        wait_up(
+            &http,
+            &mut bff,
+            &format!("{}/health", ports_c.bff_url()),
+            Duration::from_secs(30),
+        )
+        .await?;
+        let target = Target {
+            http: http.clone(),
+            url: ports_c.bff_url(),
+            data: data.clone(),
+            origin: Instant::now(),
+        };
+        eprintln!(
+            "[calibration] warm-up, then compute's capacity at concurrency {} ...",
+            args.cap
+        );
+        let _ = closed_loop(&target, args.cap, 3.0, 100_000).await;
+        let (out, secs) = closed_loop(&target, args.cap, 5.0, 100_000).await;
+        bff.stop();
+        let ok = sorted_latencies(out.iter().filter(|o| o.status == 200));
+        let x = ok.len() as f64 / secs;
+        report.line(format!(
+            "Capacity X, measured once before the columns (fixed lane, {} in flight, closed loop              5 s after a 3 s warm-up): **{x:.1} req/s**, p50 {} / p99 {}. Every column is offered              {}× X.",
+            args.cap,
+            ms(pct(&ok, 50.0)),
+            ms(pct(&ok, 99.0)),
+            args.factor
         ));
-        env.push(("IMAGEGATE_LANES__HEAVY__QUEUE_WAIT".into(), qw.clone()));
-        env.push((
-            "IMAGEGATE_LANES__HEAVY__MAX_QUEUED".into(),
-            args.max_queued.to_string(),
-        ));
+        report.line("");
+        Some(x)
+    };
+
+    for column in heavy_lane_columns(args) {
+        let qw = &column.tag;
+        let mut env = base.clone();
+        env.extend(column.env.iter().cloned());
         let ports_b = Ports {
             bff: free_port(),
             ..ports.clone()
@@ -495,7 +568,7 @@ async fn overload(args: &Args, report: &mut Report) -> anyhow::Result<()> {
         )
         .await?;
         let pid = bff.pid();
-        columns.push(format!("queue_wait = {qw}"));
+        columns.push(column.title.clone());
         eprintln!("[queue_wait {qw}] unloaded latency ...");
         let target = Target {
             http: http.clone(),
@@ -526,7 +599,8 @@ async fn overload(args: &Args, report: &mut Report) -> anyhow::Result<()> {
         );
         let (cap_out, cap_secs) = closed_loop(&target, args.cap, 5.0, 100_000).await;
         let cap_ok = sorted_latencies(cap_out.iter().filter(|o| o.status == 200));
-        let x = cap_ok.len() as f64 / cap_secs;
+        let x_here = cap_ok.len() as f64 / cap_secs;
+        let x = calibrated.unwrap_or(x_here);
         let cap_shed = cap_out.iter().filter(|o| o.status == 503).count();
 
         // (3) overload: open loop at factor × X.
@@ -578,6 +652,7 @@ async fn overload(args: &Args, report: &mut Report) -> anyhow::Result<()> {
             "imagegate_lane_rejected_total",
             &["lane=\"heavy\"", "reason=\"saturated\""],
         );
+        let limit_after = metric_sum(&metrics_text, "imagegate_lane_limit", &["lane=\"heavy\""]);
         let alive = bff.alive();
         bff.stop();
 
@@ -610,7 +685,7 @@ async fn overload(args: &Args, report: &mut Report) -> anyhow::Result<()> {
                 args.cap
             ),
             format!(
-                "{x:.1} req/s; {} / {}{}",
+                "{x_here:.1} req/s; {} / {}{}",
                 ms(pct(&cap_ok, 50.0)),
                 ms(pct(&cap_ok, 99.0)),
                 if cap_shed > 0 {
@@ -627,7 +702,7 @@ async fn overload(args: &Args, report: &mut Report) -> anyhow::Result<()> {
         );
         add(
             &mut rows,
-            "overload: accepted (200) throughput, and ÷ X",
+            "overload: accepted (200) throughput, and ÷ X (goodput; target ≥ 0.95)",
             format!(
                 "{:.1} req/s, {:.2}",
                 accepted_n as f64 / args.secs.max(1e-9),
@@ -773,6 +848,11 @@ async fn overload(args: &Args, report: &mut Report) -> anyhow::Result<()> {
         );
         add(
             &mut rows,
+            "heavy `imagegate_lane_limit` at the end (adaptive: what it found)",
+            format!("{limit_after:.0}"),
+        );
+        add(
+            &mut rows,
             "BFF alive after the run",
             if alive { "yes".into() } else { "**no**".into() },
         );
@@ -801,6 +881,67 @@ async fn overload(args: &Args, report: &mut Report) -> anyhow::Result<()> {
     }
     report.line("");
     Ok(())
+}
+
+/// One column of the overload table: a fresh BFF with these heavy-lane settings.
+struct Column {
+    title: String,
+    /// Names the column in progress lines and log files.
+    tag: String,
+    env: Vec<(String, String)>,
+}
+
+/// The columns: with `--lanes`, the heavy lane's concurrency modes side by side (`adaptive`:
+/// every default; `fixed`: the default limits, pinned; `tuned`: fixed and hand-sized to
+/// compute, `max_in_flight` = its workers, `max_queued` 1); otherwise one fixed
+/// `max_in_flight = --cap` column per `--queue-waits` value.
+fn heavy_lane_columns(args: &Args) -> Vec<Column> {
+    let var = |k: &str, v: &str| (format!("IMAGEGATE_LANES__HEAVY__{k}"), v.to_string());
+    if !args.lanes.is_empty() {
+        let workers = if args.compute_workers > 0 {
+            args.compute_workers
+        } else {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        };
+        return args
+            .lanes
+            .iter()
+            .map(|mode| match mode.as_str() {
+                "adaptive" => Column {
+                    title: "adaptive (all defaults)".into(),
+                    tag: "adaptive".into(),
+                    env: vec![var("CONCURRENCY", "adaptive")],
+                },
+                "fixed" => Column {
+                    title: "fixed defaults (32 in flight, 16 queued)".into(),
+                    tag: "fixed".into(),
+                    env: vec![var("CONCURRENCY", "fixed")],
+                },
+                _ => Column {
+                    title: format!("fixed, hand-tuned ({workers} in flight, 1 queued)"),
+                    tag: "tuned".into(),
+                    env: vec![
+                        var("CONCURRENCY", "fixed"),
+                        var("MAX_IN_FLIGHT", &workers.to_string()),
+                        var("MAX_QUEUED", "1"),
+                    ],
+                },
+            })
+            .collect();
+    }
+    args.queue_waits
+        .iter()
+        .map(|qw| Column {
+            title: format!("queue_wait = {qw}"),
+            tag: qw.clone(),
+            env: vec![
+                var("CONCURRENCY", "fixed"),
+                var("MAX_IN_FLIGHT", &args.cap.to_string()),
+                var("QUEUE_WAIT", qw),
+                var("MAX_QUEUED", &args.max_queued.to_string()),
+            ],
+        })
+        .collect()
 }
 
 // ---------------------------------------------------------------------------------------------

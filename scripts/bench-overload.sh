@@ -4,6 +4,8 @@
 #   scripts/bench-overload.sh                       # what `make bench-overload` runs (~3 minutes)
 #   OVERLOAD_CAP=8 OVERLOAD_QUEUE_WAITS=250ms,0ms OVERLOAD_FACTOR=4 OVERLOAD_SECS=20 scripts/bench-overload.sh
 #   OVERLOAD_COMPUTE_WORKERS=1 scripts/bench-overload.sh  # compute's CPU workers (default: one per core)
+#   OVERLOAD_LANES= scripts/bench-overload.sh   # fixed max_in_flight = OVERLOAD_CAP per queue wait
+#                                               # (default: adaptive,fixed,tuned side by side)
 #   FAILOVER_RATE=15 FAILOVER_DOWN_SECS=4 scripts/bench-overload.sh
 #   OVERLOAD_PHASES=failover scripts/bench-overload.sh   # one phase only
 #
@@ -49,6 +51,7 @@ for phase in $PHASES; do
     overload)
         timeout --signal=INT 900 "$BENCH" --phase overload --bin "$BIN" --work "$WORK" \
             --cap "${OVERLOAD_CAP:-8}" ${OVERLOAD_MAX_QUEUED:+--max-queued "$OVERLOAD_MAX_QUEUED"} --queue-waits "${OVERLOAD_QUEUE_WAITS:-250ms,0ms}" \
+            --lanes "${OVERLOAD_LANES-adaptive,fixed,tuned}" \
             --compute-workers "${OVERLOAD_COMPUTE_WORKERS:-0}" --factor "${OVERLOAD_FACTOR:-4}" --secs "${OVERLOAD_SECS:-20}" \
             --width "${OVERLOAD_WIDTH:-1024}" --grain "${OVERLOAD_GRAIN:-4}" --out "$RESULTS" || die "overload phase failed"
         ;;

@@ -15,6 +15,11 @@ use figment::Figment;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// A byte size written as `"64MiB"`, `"512KiB"` or a plain integer of bytes.
+
+/// The largest `tcp_rto_min` Linux takes (TCP_RTO_MIN is 200 ms; larger values are refused by
+/// the kernel, so they are refused here, at start, naming the key).
+pub const TCP_RTO_MIN_MAX: Duration = Duration::from_millis(200);
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Size(pub u64);
 
@@ -613,9 +618,9 @@ impl LaneConfig {
             "must be at least 100ms",
         );
         check(
-            self.tcp_rto_min <= Duration::from_secs(1),
+            self.tcp_rto_min <= TCP_RTO_MIN_MAX,
             "tcp_rto_min",
-            "must be at most 1s (0s = the kernel's default)",
+            "must be at most 200ms, the kernel's own floor (0s = the kernel's default)",
         );
     }
 }
@@ -960,9 +965,11 @@ impl Config {
         if !(0..=19).contains(&c.cpu_nice) {
             errors.push("compute.cpu_nice: must be 0..=19".into());
         }
-        if c.tcp_rto_min > Duration::from_secs(1) {
-            errors
-                .push("compute.tcp_rto_min: must be at most 1s (0s = the kernel's default)".into());
+        if c.tcp_rto_min > TCP_RTO_MIN_MAX {
+            errors.push(
+                "compute.tcp_rto_min: must be at most 200ms, the kernel's own floor (0s = the kernel's default)"
+                    .into(),
+            );
         }
         if c.tls_cert.is_some() != c.tls_key.is_some() {
             errors.push("compute.tls_cert, compute.tls_key: set both or neither".into());
@@ -1272,6 +1279,15 @@ mod tests {
         assert!(e.to_string().contains("concurrency"), "{e}");
         let e = Config::from_toml("[log]\nformat = \"xml\"").unwrap_err();
         assert!(e.to_string().contains("format"), "{e}");
+    }
+
+    #[test]
+    fn tcp_rto_min_above_the_kernels_floor_is_refused_naming_the_key() {
+        assert!(Config::from_toml("[lanes.heavy]\ntcp_rto_min = \"200ms\"").is_ok());
+        let e = Config::from_toml("[lanes.heavy]\ntcp_rto_min = \"500ms\"").unwrap_err();
+        assert!(e.to_string().contains("lanes.heavy.tcp_rto_min"), "{e}");
+        let e = Config::from_toml("[compute]\ntcp_rto_min = \"1s\"").unwrap_err();
+        assert!(e.to_string().contains("compute.tcp_rto_min"), "{e}");
     }
 
     #[test]

@@ -16,6 +16,8 @@
 //!   last ~10 s: wire and encode time) by more than a quarter of a typical call's work, at
 //!   least 1 ms. Then the limit falls at once to what compute demonstrably serves (busy);
 //!   if compute already serves every call sent, the wait is not its queue and the limit holds.
+//!   Calls too cheap to tell a queue from the wire's jitter (typical work < 2 ms) are not
+//!   judged by their wait.
 //! - QUEUE_FULL answers (compute refused: its queue is full) and deadlines are overload as
 //!   well: the limit falls by a quarter, again never below busy.
 //! - Otherwise, if the limit was reached in the window (calls were held back by it), it rises
@@ -44,6 +46,12 @@ const BASELINE_WINDOWS: usize = 40;
 const WAIT_TOLERANCE: f64 = 0.25;
 /// The least wait ever counted as too long.
 const MIN_TOLERANCE: Duration = Duration::from_millis(1);
+/// Calls whose typical work is below this are too cheap to judge by their wait: the wire and
+/// the BFF's own scheduling jitter (a millisecond or two on a busy host) would read as a
+/// queue, and the work-based "busy" floor (≈ 0 for such calls) would let the limit collapse.
+/// Compute's queue drains within a few milliseconds for them anyway; their overload still
+/// shows as QUEUE_FULL answers and deadlines.
+const MIN_JUDGED_WORK: Duration = Duration::from_millis(2);
 /// Where a new adaptive lane starts (clamped into its bounds).
 pub const INITIAL_LIMIT: usize = 8;
 
@@ -205,7 +213,10 @@ impl AdaptiveLimit {
         let limit = self.limit;
         let next = if window.queue_full > 0 || window.deadlines > 0 {
             served.max(limit * 0.75).min(limit)
-        } else if !waits.is_empty() && wait_p90 > tolerance {
+        } else if !waits.is_empty()
+            && quantile(&works, 0.5) >= MIN_JUDGED_WORK
+            && wait_p90 > tolerance
+        {
             // Calls queue in front of compute: send what it serves in parallel, no more. If it
             // serves all we send and the wait is still long, the wait is not compute's queue
             // (a slow wire, a busy BFF): fewer calls would not shorten it, so hold.

@@ -163,7 +163,10 @@ impl EndpointTemplate {
             .keep_alive_while_idle(true)
             .initial_stream_window_size(c.stream_window.0 as u32)
             .initial_connection_window_size(c.connection_window.0 as u32)
-            .tcp_nodelay(true);
+            .tcp_nodelay(true)
+            // Bounds the whole connect through the TLS handshake: a hung peer whose kernel
+            // still accepts connections must not hold a connect for minutes.
+            .connect_timeout(c.connect_timeout);
         if let Some(tls) = &self.tls {
             let mut tls = tls.clone();
             if let Some(name) = &self.server_name {
@@ -335,6 +338,15 @@ impl Upstream {
         self.endpoints.load_full()
     }
 
+    /// True when an endpoint not in `tried` is in rotation: a retry could go elsewhere.
+    pub fn has_untried(&self, tried: &[Arc<ComputeEndpoint>]) -> bool {
+        let now = Instant::now();
+        self.endpoints
+            .load()
+            .iter()
+            .any(|e| e.available(now) && !tried.iter().any(|t| Arc::ptr_eq(t, e)))
+    }
+
     /// New ejection thresholds, for decisions from now on.
     pub fn set_eject(&self, settings: EjectSettings) {
         self.eject.store(Arc::new(settings));
@@ -349,6 +361,10 @@ impl Upstream {
                 self.target
             ))
         })?;
+        // The only await comes first: a pick cancelled there (the caller went away) has not
+        // claimed anything yet. Counted in flight or flagged as the probe before an await, a
+        // cancelled pick would keep both for ever (an ejected endpoint never probed again).
+        let channel = endpoint.channels.pick().await;
         let probe = {
             let mut h = endpoint.health();
             match h.ejected_until {
@@ -360,7 +376,6 @@ impl Upstream {
             }
         };
         endpoint.in_flight.fetch_add(1, Ordering::Relaxed);
-        let channel = endpoint.channels.pick().await;
         Ok(Picked {
             endpoint,
             channel,

@@ -311,11 +311,42 @@ impl Lane {
         F: Fn(Channel, tonic::Request<Req>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
     {
-        let config = self.config.load_full();
+        self.unary_within(method, None, request, call).await
+    }
+
+    /// [`Lane::unary`] with a deadline shorter than the lane's (`/health` answers within
+    /// `bff.health_timeout`). The lane itself enforces it, so a call that runs out is judged
+    /// like any other — a metric, a circuit verdict, a failure against the endpoint (a hung
+    /// replica is ejected) — instead of being dropped unseen by an outer timeout.
+    pub async fn unary_within<Req, Resp, F, Fut>(
+        &self,
+        method: &'static str,
+        shorter_deadline: Option<Duration>,
+        request: Req,
+        call: F,
+    ) -> Result<Resp, DispatchError>
+    where
+        Req: Clone,
+        Resp: ReportsWork,
+        F: Fn(Channel, tonic::Request<Req>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
+    {
+        let entered = Instant::now();
+        let mut config = self.config.load_full();
+        let shorter = shorter_deadline.filter(|d| *d < config.deadline);
+        if let Some(shorter) = shorter {
+            let mut c = (*config).clone();
+            c.deadline = shorter;
+            config = Arc::new(c);
+        }
         let ticket = self.check_circuit()?;
         let _in_flight = self.admit(&config).await?;
         let started = Instant::now();
-        let deadline = started + config.deadline;
+        // A caller's own bound counts from its call, admission included.
+        let deadline = match shorter {
+            Some(shorter) => entered + shorter,
+            None => started + config.deadline,
+        };
         let result = self
             .with_retries(&config, deadline, request, &call)
             .await
@@ -434,7 +465,10 @@ impl Lane {
             {
                 return Err(self.deadline_exceeded(config));
             }
-            if attempt >= config.retries || !never_reached_server(&status) || !budget.withdraw() {
+            if attempt >= config.retries
+                || !worth_retrying(&status, self.upstream.has_untried(&tried))
+                || !budget.withdraw()
+            {
                 return Err(DispatchError::Status(status));
             }
             attempt += 1;
@@ -472,6 +506,23 @@ pub fn backoff(base: Duration, attempt: u32) -> Duration {
     let exp = base.saturating_mul(1 << (attempt - 1).min(16));
     let jittered = exp.mul_f64(0.5 + fastrand::f64());
     jittered.min(Duration::from_secs(5))
+}
+
+/// Whether a failed attempt is retried. Only calls compute never processed are: one queued on a
+/// connection that closed first (a fresh connection to the same endpoint may take it), and
+/// — only when another endpoint is in rotation — a refused connect or a QUEUE_FULL answer
+/// (compute's queue was full: not run). Against the same endpoint those fail again within a
+/// backoff, so the client gets its 503 + Retry-After at once instead of 100–200 ms later.
+fn worth_retrying(status: &Status, another_endpoint: bool) -> bool {
+    if is_queue_full(status) || source_of::<tonic::ConnectError>(status).is_some() {
+        return another_endpoint && never_reached_server_or_refused(status);
+    }
+    never_reached_server(status)
+}
+
+/// A connect failure or QUEUE_FULL: compute did not run the call.
+fn never_reached_server_or_refused(status: &Status) -> bool {
+    is_queue_full(status) || never_reached_server(status)
 }
 
 /// True when the call failed before any byte of it reached the server: the connection could
@@ -682,5 +733,38 @@ mod tests {
         let mut queued = Status::unavailable("connection closed");
         queued.set_source(Arc::new(NotSent));
         assert!(never_reached_server(&queued));
+    }
+
+    #[test]
+    fn refused_connects_and_queue_full_are_retried_only_on_another_endpoint() {
+        let mut refused = Status::unavailable("connect failed");
+        refused.set_source(Arc::new(tonic::ConnectError(Box::new(
+            std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
+        ))));
+        assert!(worth_retrying(&refused, true));
+        assert!(
+            !worth_retrying(&refused, false),
+            "the same endpoint refuses again within a backoff: fail fast"
+        );
+        let full = crate::compute::status::status(
+            Code::ResourceExhausted,
+            reason::QUEUE_FULL,
+            "compute queue full",
+        );
+        assert!(
+            worth_retrying(&full, true),
+            "QUEUE_FULL: not run, try elsewhere"
+        );
+        assert!(!worth_retrying(&full, false));
+        // A call queued on a connection that closed: a new connection may take it.
+        let mut queued = Status::unavailable("connection closed");
+        queued.set_source(Arc::new(NotSent));
+        assert!(worth_retrying(&queued, false));
+        // Compute saw it: never retried.
+        assert!(!worth_retrying(&Status::internal("boom"), true));
+        assert!(!worth_retrying(
+            &Status::resource_exhausted("too large"),
+            true
+        ));
     }
 }

@@ -56,7 +56,13 @@ impl Drop for Permit {
         if state.debt > 0 {
             state.debt -= 1;
             permit.forget();
+        } else {
+            // Returned under the lock: a concurrent shrink then sees it in the semaphore
+            // and forgets it, rather than counting a debt this permit never repays (which
+            // would admit one call over the new limit).
+            drop(permit);
         }
+        drop(state);
     }
 }
 

@@ -315,31 +315,29 @@ impl Dispatcher {
         .await
     }
 
-    /// Asks compute's HealthService, with at most `timeout` on top of the lane's deadline.
+    /// Asks compute's HealthService within `timeout` (or the lane's deadline if shorter),
+    /// admission included: the lane enforces it, so a hung compute shows in its metrics and
+    /// its endpoint is ejected like any other that fails.
     pub async fn health_check(
         &self,
         timeout: Duration,
     ) -> Result<crate::proto::ServingStatus, DispatchError> {
         let lane = self.lane_for(HEALTH_CHECK);
-        let call = lane.unary(
-            HEALTH_CHECK,
-            crate::proto::HealthCheckRequest::default(),
-            |ch, r| async move {
-                let max = Self::max_message(lane);
-                HealthServiceClient::new(ch)
-                    .max_decoding_message_size(max)
-                    .max_encoding_message_size(max)
-                    .check(r)
-                    .await
-            },
-        );
-        let response =
-            tokio::time::timeout(timeout, call)
-                .await
-                .map_err(|_| DispatchError::Deadline {
-                    lane: lane.name().to_string(),
-                    deadline: timeout,
-                })??;
+        let response = lane
+            .unary_within(
+                HEALTH_CHECK,
+                Some(timeout),
+                crate::proto::HealthCheckRequest::default(),
+                |ch, r| async move {
+                    let max = Self::max_message(lane);
+                    HealthServiceClient::new(ch)
+                        .max_decoding_message_size(max)
+                        .max_encoding_message_size(max)
+                        .check(r)
+                        .await
+                },
+            )
+            .await?;
         let status = crate::proto::ServingStatus::try_from(response.status)
             .unwrap_or(crate::proto::ServingStatus::Unknown);
         if status == crate::proto::ServingStatus::Serving {

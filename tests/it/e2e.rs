@@ -1088,3 +1088,46 @@ async fn an_adaptive_heavy_lane_lowers_its_limit_when_compute_answers_queue_full
         Some(0.0)
     );
 }
+
+#[tokio::test]
+async fn a_hung_health_check_is_judged_by_the_lane_not_dropped_unseen() {
+    // Compute accepts the call and never answers (as a frozen process would). The BFF's
+    // health timeout is shorter than the realtime lane's deadline: the lane must still see the
+    // call end, as DEADLINE_EXCEEDED, so it reaches the metrics, the circuit and the balancer.
+    let log = CallLog::default();
+    let compute = start_compute(compute_config(), Some(log.hook()));
+    let mut config = bff_config(&compute.url());
+    config.bff.health_timeout = Duration::from_millis(300);
+    assert!(config.lanes.realtime.deadline > config.bff.health_timeout);
+    let bff = start_bff(config);
+    log.hold("Check");
+    let started = std::time::Instant::now();
+    let health = reqwest::get(bff.url("/health")).await.unwrap();
+    assert_eq!(health.status(), 503);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "/health took {:?}",
+        started.elapsed()
+    );
+    let text = metrics_text(&bff).await;
+    assert_eq!(
+        metric(
+            &text,
+            "imagegate_lane_requests_total{code=\"DEADLINE_EXCEEDED\",lane=\"realtime\",method=\"compute.HealthService/Check\"}"
+        ),
+        Some(1.0),
+        "the hung health check is not in the realtime lane's metrics"
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "imagegate_lane_rejected_total{lane=\"realtime\",reason=\"deadline\"}"
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(&text, "imagegate_lane_in_flight{lane=\"realtime\"}"),
+        Some(0.0)
+    );
+    log.release("Check");
+}

@@ -126,7 +126,7 @@ async fn three_replicas_share_an_even_load_within_ten_percent() {
                         .send()
                         .await
                         .unwrap();
-                    assert_eq!(r.status(), 200);
+                    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
                 }
             })
         })

@@ -313,3 +313,24 @@ async fn a_reload_clamps_the_limit_into_the_new_bounds() {
     let small = AdaptiveLimit::new(1, 3, Instant::now());
     assert_eq!(small.limit(), 3, "starts within its bounds");
 }
+
+#[tokio::test(start_paused = true)]
+async fn cheap_calls_with_a_jittery_wire_do_not_collapse_the_limit() {
+    // Thumbnails of a few hundred µs behind a wire whose wait jitters by 0–4 ms: the wait
+    // says nothing about compute's queue, and "busy" (≈ 0.1) must not become the limit.
+    let mut c = AdaptiveLimit::new(1, 64, Instant::now());
+    let mut rng = fastrand::Rng::with_seed(3);
+    for _ in 0..2000 {
+        tokio::time::advance(Duration::from_millis(2)).await;
+        let wait = Duration::from_micros(500 + rng.u64(0..4000));
+        c.observe(
+            Instant::now(),
+            2,
+            Signal::Answered {
+                round_trip: Duration::from_micros(500) + wait,
+                work: Duration::from_micros(500),
+            },
+        );
+    }
+    assert!(c.limit() >= INITIAL_LIMIT, "{}", c.limit());
+}
