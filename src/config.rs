@@ -14,12 +14,11 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-/// A byte size written as `"64MiB"`, `"512KiB"` or a plain integer of bytes.
-
 /// The largest `tcp_rto_min` Linux takes (TCP_RTO_MIN is 200 ms; larger values are refused by
 /// the kernel, so they are refused here, at start, naming the key).
 pub const TCP_RTO_MIN_MAX: Duration = Duration::from_millis(200);
 
+/// A byte size written as `"64MiB"`, `"512KiB"` or a plain integer of bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Size(pub u64);
 
