@@ -51,6 +51,15 @@ impl ComputeMetrics {
         }
     }
 
+    /// A call answered without running (refused, bad input, a health check): counted, but
+    /// not timed, so zero-second samples do not pull the duration quantiles down exactly
+    /// when compute is overloaded.
+    pub fn record_untimed(&self, operation: &str, result: &str) {
+        self.operations
+            .with_label_values(&[operation, result])
+            .inc();
+    }
+
     pub fn record(&self, operation: &str, result: &str, seconds: f64) {
         self.operations
             .with_label_values(&[operation, result])

@@ -21,8 +21,8 @@ use super::metrics::ComputeMetrics;
 use super::ops::{
     self, Encoded, Limits, Mark, OpError, OutputFormat, Position, ResizeSpec, WatermarkSpec,
 };
-use super::pool::{CpuPool, Slot};
-use super::status::{bad_parameter, op_reason};
+use super::pool::{CpuPool, PoolError, Slot};
+use super::status::{bad_parameter, op_reason, reason};
 use crate::proto::{
     self, health_service_server::HealthService, image_service_server::ImageService, operation,
     BatchProcessRequest, CompressRequest, CompressResponse, HealthCheckRequest,
@@ -270,6 +270,15 @@ struct Done {
     elapsed: Duration,
 }
 
+/// The metrics `result` label of a job the pool did not run: the ErrorInfo reason clients see.
+fn pool_reason(e: &PoolError) -> &'static str {
+    match e {
+        PoolError::QueueFull(_) => reason::QUEUE_FULL,
+        PoolError::DeadlineExceeded => reason::DEADLINE,
+        PoolError::Closed => "SHUTTING_DOWN",
+    }
+}
+
 impl ImageEngine {
     async fn before_call<T>(&self, method: &'static str, request: &Request<T>) {
         if let Some(hook) = &self.hook {
@@ -303,9 +312,7 @@ impl ImageEngine {
         match &outcome {
             Ok(Done { result: Ok(_), .. }) => self.metrics.record(name, "ok", seconds),
             Ok(Done { result: Err(e), .. }) => self.metrics.record(name, op_reason(e), seconds),
-            Err(e) => self
-                .metrics
-                .record(name, &format!("{e:?}").to_uppercase(), seconds),
+            Err(e) => self.metrics.record(name, pool_reason(e), seconds),
         }
         Ok(outcome?)
     }
@@ -317,11 +324,11 @@ impl ImageEngine {
         data: Bytes,
     ) -> Result<(Encoded, Duration), Status> {
         if data.is_empty() {
-            self.metrics.record(job.name(), "BAD_PARAMETER", 0.0);
+            self.metrics.record_untimed(job.name(), "BAD_PARAMETER");
             return Err(bad_parameter("image_data is empty"));
         }
         let slot = self.pool.try_reserve().inspect_err(|_| {
-            self.metrics.record(job.name(), "QUEUE_FULL", 0.0);
+            self.metrics.record_untimed(job.name(), "QUEUE_FULL");
         })?;
         let done = self.run_job(slot, deadline, job, data).await?;
         Ok((done.result?, done.elapsed))
@@ -455,7 +462,7 @@ impl ImageService for ImageServiceImpl {
         }
         // Fail fast when the pool is already full; later images wait for their turn.
         let first_slot = self.0.pool.try_reserve().inspect_err(|_| {
-            self.0.metrics.record("batch", "QUEUE_FULL", 0.0);
+            self.0.metrics.record_untimed("batch", "QUEUE_FULL");
         })?;
         let engine = self.0.clone();
         let parallel = engine.pool.workers().max(1);
@@ -557,7 +564,7 @@ impl HealthService for HealthServiceImpl {
         } else {
             ServingStatus::NotServing
         };
-        self.engine.metrics.record("health", "ok", 0.0);
+        self.engine.metrics.record_untimed("health", "ok");
         Ok(Response::new(HealthCheckResponse {
             status: status as i32,
         }))

@@ -13,6 +13,7 @@ mod compute_grpc;
 mod e2e;
 mod edge_security;
 mod hostile;
+mod openapi;
 mod process_env;
 mod prometheus_scrape;
 mod proto_compat;

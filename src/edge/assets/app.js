@@ -227,7 +227,7 @@
     var plan = indexPlan(selected);
     selected.forEach(function (file, i) {
       var row = makeRow({ index: plan[i], name: file.name, size: file.size, file: i, archive: isArchive(file) });
-      row.status.textContent = isArchive(file) ? 'Archive: each image inside becomes an item of the batch.' : 'Ready to upload.';
+      row.status.textContent = isArchive(file) ? 'Archive: not expanded yet, the server will refuse it as an unsupported format.' : 'Ready to upload.';
       var remove = el('button', 'button button-quiet button-small remove', 'Remove');
       remove.type = 'button';
       remove.setAttribute('aria-label', 'Remove ' + file.name);
