@@ -83,9 +83,9 @@ fn parse_args() -> Result<Option<Args>, String> {
     let Some(phase) = f.take("phase") else {
         return Ok(None);
     };
-    if phase != "overload" && phase != "failover" {
+    if !["overload", "failover", "capacity"].contains(&phase.as_str()) {
         return Err(format!(
-            "--phase must be overload or failover, got {phase:?}"
+            "--phase must be overload, failover or capacity, got {phase:?}"
         ));
     }
     let bin = f.take("bin").ok_or("--bin is needed")?.into();
@@ -945,6 +945,343 @@ fn heavy_lane_columns(args: &Args) -> Vec<Column> {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Phase: capacity (issue 12): compute restarted with half its workers, then all of them again,
+// under an adaptive BFF that is never touched.
+
+/// Compute's throughput through a fixed heavy lane of `cap` in flight (a lane that cannot be
+/// the bottleneck): a 3 s warm-up, then a 5 s closed loop.
+async fn calibrate(
+    args: &Args,
+    ports: &Ports,
+    base: &[(String, String)],
+    data: &Bytes,
+    http: &reqwest::Client,
+    tag: &str,
+) -> anyhow::Result<f64> {
+    let mut env = base.to_vec();
+    env.extend([
+        ("IMAGEGATE_LANES__HEAVY__CONCURRENCY".into(), "fixed".into()),
+        (
+            "IMAGEGATE_LANES__HEAVY__MAX_IN_FLIGHT".into(),
+            args.cap.to_string(),
+        ),
+    ]);
+    let ports_c = Ports {
+        bff: free_port(),
+        ..ports.clone()
+    };
+    let mut bff = spawn_bff(
+        &args.bin,
+        &ports_c,
+        &env,
+        args.work
+            .join(format!("capacity-bff-calibration-{tag}.log")),
+    )?;
+    wait_up(
+        http,
+        &mut bff,
+        &format!("{}/health", ports_c.bff_url()),
+        Duration::from_secs(30),
+    )
+    .await?;
+    let target = Target {
+        http: http.clone(),
+        url: ports_c.bff_url(),
+        data: data.clone(),
+        origin: Instant::now(),
+    };
+    let _ = closed_loop(&target, args.cap, 3.0, 100_000).await;
+    let (out, secs) = closed_loop(&target, args.cap, 5.0, 100_000).await;
+    bff.stop();
+    Ok(out.iter().filter(|o| o.status == 200).count() as f64 / secs)
+}
+
+fn compute_env(base: &[(String, String)], workers: usize) -> Vec<(String, String)> {
+    let mut env = base.to_vec();
+    env.push(("IMAGEGATE_COMPUTE__WORKERS".into(), workers.to_string()));
+    env
+}
+
+async fn capacity_change(args: &Args, report: &mut Report) -> anyhow::Result<()> {
+    let full = if args.compute_workers > 0 {
+        args.compute_workers
+    } else {
+        std::thread::available_parallelism().map_or(2, |n| n.get())
+    };
+    let half = (full / 2).max(1);
+    let phase_secs = args.secs.max(15.0);
+    let settle = 10.0;
+    let data = jpeg_grain(args.width, args.width * 2 / 3, args.grain);
+    let ports = Ports::new();
+    let base = base_env(&ports, &args.work);
+    let http = http_client(64);
+    let log = args.work.join("capacity-compute.log");
+    let start_compute = |workers: usize| {
+        spawn_compute(&args.bin, &ports, &compute_env(&base, workers), log.clone())
+    };
+    let metrics_url = ports.compute_metrics_url();
+
+    // Capacity with half the workers, then with all of them (compute left running).
+    let mut compute = start_compute(half)?;
+    wait_up(&http, &mut compute, &metrics_url, Duration::from_secs(30)).await?;
+    eprintln!("[capacity] calibrating with {half} worker(s) ...");
+    let x_half = calibrate(args, &ports, &base, &data, &http, "half").await?;
+    compute.kill9();
+    let mut compute = start_compute(full)?;
+    wait_up(&http, &mut compute, &metrics_url, Duration::from_secs(30)).await?;
+    eprintln!("[capacity] calibrating with {full} workers ...");
+    let x_full = calibrate(args, &ports, &base, &data, &http, "full").await?;
+
+    // The BFF under test: every default (the heavy lane adaptive), never restarted.
+    let ports_b = Ports {
+        bff: free_port(),
+        ..ports.clone()
+    };
+    let mut bff = spawn_bff(
+        &args.bin,
+        &ports_b,
+        &base,
+        args.work.join("capacity-bff.log"),
+    )?;
+    wait_up(
+        &http,
+        &mut bff,
+        &format!("{}/health", ports_b.bff_url()),
+        Duration::from_secs(30),
+    )
+    .await?;
+    let target = Target {
+        http: http.clone(),
+        url: ports_b.bff_url(),
+        data: data.clone(),
+        origin: Instant::now(),
+    };
+    for _ in 0..20 {
+        let _ = target.compress(target.origin.elapsed().as_secs_f64()).await;
+    }
+    let mut unloaded = Vec::new();
+    for _ in 0..200 {
+        unloaded.push(target.compress(target.origin.elapsed().as_secs_f64()).await);
+    }
+    let unloaded = sorted_latencies(unloaded.iter().filter(|o| o.status == 200));
+    let u99 = pct(&unloaded, 99.0);
+    let mut idle_health = Vec::new();
+    for _ in 0..200 {
+        idle_health.push(target.health(target.origin.elapsed().as_secs_f64()).await);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let idle_health = sorted_latencies(idle_health.iter().filter(|o| o.status == 200));
+    let h99_idle = pct(&idle_health, 99.0);
+
+    // The load: 4 × full capacity, open loop, for three phases; the limit sampled every 250 ms
+    // and /health probed every 20 ms all along.
+    let rate = args.factor * x_full;
+    let total = 3.0 * phase_secs;
+    eprintln!(
+        "[capacity] {rate:.0} req/s for {total} s: {full} workers, then {half}, then {full} ..."
+    );
+    let load_start = target.origin.elapsed().as_secs_f64();
+    let load = {
+        let t = target.clone();
+        tokio::spawn(async move { open_loop(&t, rate, total, (rate * total) as usize + 1).await })
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let limits = {
+        let (http, url, stop, origin) = (
+            http.clone(),
+            format!("{}/metrics", ports_b.bff_url()),
+            stop.clone(),
+            target.origin,
+        );
+        tokio::spawn(async move {
+            let mut seen = Vec::new();
+            while !stop.load(Ordering::Relaxed) && seen.len() < 10_000 {
+                if let Some(text) = scrape(&http, &url).await {
+                    if let Some(v) = metric(&text, "imagegate_lane_limit{lane=\"heavy\"}") {
+                        seen.push((origin.elapsed().as_secs_f64(), v));
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            seen
+        })
+    };
+    let probes = {
+        let (t, stop) = (target.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut out = Vec::new();
+            while !stop.load(Ordering::Relaxed) && out.len() < 100_000 {
+                out.push(t.health(t.origin.elapsed().as_secs_f64()).await);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            out
+        })
+    };
+    let at = |secs: f64| {
+        tokio::time::sleep_until(
+            (target.origin + Duration::from_secs_f64(load_start + secs)).into(),
+        )
+    };
+    at(phase_secs).await;
+    compute.kill9();
+    let t_half = target.origin.elapsed().as_secs_f64() - load_start;
+    let mut compute = start_compute(half)?;
+    at(2.0 * phase_secs).await;
+    compute.kill9();
+    let t_full = target.origin.elapsed().as_secs_f64() - load_start;
+    let mut compute = start_compute(full)?;
+    let (out, skipped, _) = load.await?;
+    stop.store(true, Ordering::Relaxed);
+    let limits = limits.await?;
+    let probes = probes.await?;
+    let (settled, _) =
+        in_flight_settles(&http, &ports_b.bff_url(), "heavy", Duration::from_secs(10)).await;
+    bff.stop();
+    compute.stop();
+
+    report.line(format!(
+        "### Capacity change: compute restarted with {half} of its {full} workers, then all again, under one untouched adaptive BFF"
+    ));
+    report.line("");
+    report.line(format!(
+        "Request: `POST /v1/images/compress`, a {}×{} photo-like JPEG ({}). Capacity measured \
+         before the load through a fixed lane of {} in flight: **{x_full:.1} req/s** with {full} \
+         workers, **{x_half:.1} req/s** with {half}. Load: open loop at {}× the full capacity \
+         ({rate:.0} req/s) for {total} s; compute SIGKILLed and restarted at {t_half:.1} s \
+         ({half} workers) and at {t_full:.1} s ({full}). The BFF has every default. Unloaded \
+         (c=1): p99 {}; idle `/health` p99 {}. Judged per phase from {settle} s after its \
+         change to its end (the first phase from {settle} s); sends skipped at the client's \
+         cap: {skipped}.",
+        args.width,
+        args.width * 2 / 3,
+        human_bytes(data.len()),
+        args.cap,
+        args.factor,
+        ms(u99),
+        ms(h99_idle),
+    ));
+    report.line("");
+    report.line(format!(
+        "| measure | {full} workers (0–{phase_secs} s) | {half} worker(s) ({phase_secs}–{} s) | {full} workers again ({}–{total} s) |",
+        2.0 * phase_secs,
+        2.0 * phase_secs
+    ));
+    report.line("|---|---|---|---|");
+    let phases = [
+        (0.0, phase_secs, x_full),
+        (phase_secs, 2.0 * phase_secs, x_half),
+        (2.0 * phase_secs, total, x_full),
+    ];
+    let mut rows: Vec<(String, Vec<String>)> = Vec::new();
+    let mut add = |label: &str, v: String| match rows.iter_mut().find(|(l, _)| l == label) {
+        Some((_, vs)) => vs.push(v),
+        None => rows.push((label.to_string(), vec![v])),
+    };
+    for (from, to, x) in phases {
+        let (j0, j1) = (load_start + from + settle, load_start + to);
+        let judged: Vec<&Outcome> = out.iter().filter(|o| o.sent >= j0 && o.sent < j1).collect();
+        let accepted = sorted_latencies(judged.iter().copied().filter(|o| o.status == 200));
+        let shed = sorted_latencies(judged.iter().copied().filter(|o| o.status == 503));
+        let other = judged
+            .iter()
+            .filter(|o| o.status != 200 && o.status != 503)
+            .count();
+        let with_ra = judged
+            .iter()
+            .filter(|o| o.status == 503 && o.retry_after)
+            .count();
+        let goodput = accepted.len() as f64 / (j1 - j0).max(1e-9);
+        let a99 = pct(&accepted, 99.0);
+        let health: Vec<&Outcome> = probes
+            .iter()
+            .filter(|o| o.sent >= j0 && o.sent < j1)
+            .collect();
+        let health_ok = sorted_latencies(health.iter().copied().filter(|o| o.status == 200));
+        let h99 = pct(&health_ok, 99.0);
+        let in_phase: Vec<f64> = limits
+            .iter()
+            .filter(|(t, _)| *t >= j0 && *t < j1)
+            .map(|(_, l)| *l)
+            .collect();
+        let (lo, hi) = in_phase
+            .iter()
+            .fold((f64::MAX, 0f64), |(lo, hi), l| (lo.min(*l), hi.max(*l)));
+        // When the limit first entered the range it then kept for the judged window.
+        let entered = limits
+            .iter()
+            .filter(|(t, _)| *t >= load_start + from && *t < j1)
+            .find(|(_, l)| *l >= lo && *l <= hi)
+            .map(|(t, _)| t - load_start - from);
+        let ratio = a99.as_secs_f64() / u99.as_secs_f64().max(1e-9);
+        add(
+            "goodput (200/s) ÷ this phase's capacity (target ≥ 0.95)",
+            format!(
+                "{goodput:.1} req/s ÷ {x:.1} = {:.2}: {}",
+                goodput / x.max(1e-9),
+                verdict(goodput >= 0.95 * x)
+            ),
+        );
+        add(
+            "accepted p99 ÷ unloaded p99 (target ≤ 1.5×)",
+            format!(
+                "{} ÷ {} = {ratio:.2}×: {}",
+                ms(a99),
+                ms(u99),
+                verdict(ratio <= 1.5)
+            ),
+        );
+        add(
+            "time to 503 p99 (target ≤ 10 ms); with Retry-After",
+            format!(
+                "{}: {}; {with_ra} of {}",
+                ms(pct(&shed, 99.0)),
+                verdict(shed.is_empty() || pct(&shed, 99.0) <= Duration::from_millis(10)),
+                shed.len()
+            ),
+        );
+        add(
+            "answers other than 200 / 503 (target 0)",
+            format!("{other}: {}", verdict(other == 0)),
+        );
+        add(
+            "heavy limit in the judged window (min–max); reached that range after",
+            format!(
+                "{lo:.0}–{hi:.0}; {}",
+                entered.map_or("?".into(), |t| format!("{t:.1} s"))
+            ),
+        );
+        add(
+            "`/health` p99 ÷ idle p99 (target ≤ 2×); failed probes",
+            format!(
+                "{} ÷ {} = {:.2}×: {}; {}",
+                ms(h99),
+                ms(h99_idle),
+                h99.as_secs_f64() / h99_idle.as_secs_f64().max(1e-9),
+                verdict(h99 <= h99_idle * 2),
+                health.len() - health_ok.len()
+            ),
+        );
+    }
+    for (label, values) in &rows {
+        report.line(format!("| {label} | {} |", values.join(" | ")));
+    }
+    report.line("");
+    report.line(format!(
+        "Heavy in flight after the run: {} ({}). The limit over the whole run (s, limit), every 2 s: {}",
+        settled.map_or("?".into(), |v| format!("{v:.0}")),
+        verdict(settled == Some(0.0)),
+        limits
+            .iter()
+            .step_by(8)
+            .map(|(t, l)| format!("{:.0}:{l:.0}", t - load_start))
+            .collect::<Vec<_>>()
+            .join(" ")
+    ));
+    report.line("");
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
 // Phase: failover
 
 async fn failover(args: &Args, report: &mut Report) -> anyhow::Result<()> {
@@ -1246,6 +1583,7 @@ fn main() -> anyhow::Result<()> {
     let r = rt.block_on(async {
         match args.phase.as_str() {
             "overload" => overload(&args, &mut report).await,
+            "capacity" => capacity_change(&args, &mut report).await,
             _ => failover(&args, &mut report).await,
         }
     });

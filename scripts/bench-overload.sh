@@ -8,6 +8,8 @@
 #                                               # (default: adaptive,fixed,tuned side by side)
 #   FAILOVER_RATE=15 FAILOVER_DOWN_SECS=4 scripts/bench-overload.sh
 #   OVERLOAD_PHASES=failover scripts/bench-overload.sh   # one phase only
+#   OVERLOAD_PHASES=capacity CAPACITY_PHASE_SECS=20 scripts/bench-overload.sh
+#                              # compute restarted with half its workers, then all, under one adaptive BFF
 #
 # Builds `imagegate` and the `overload` bench binary (benches/overload.rs) in the release
 # profile; the bench starts `imagegate compute` and `imagegate bff` itself as separate
@@ -17,7 +19,7 @@ set -euo pipefail
 
 cd "$(dirname "$0")/.."
 WORK=${BENCH_DIR:-target/bench-overload}
-PHASES=${OVERLOAD_PHASES:-overload failover}
+PHASES=${OVERLOAD_PHASES:-overload capacity failover}
 mkdir -p "$WORK"
 WORK=$(cd "$WORK" && pwd)
 RESULTS=$WORK/results.md
@@ -55,12 +57,18 @@ for phase in $PHASES; do
             --compute-workers "${OVERLOAD_COMPUTE_WORKERS:-0}" --factor "${OVERLOAD_FACTOR:-4}" --secs "${OVERLOAD_SECS:-20}" \
             --width "${OVERLOAD_WIDTH:-1024}" --grain "${OVERLOAD_GRAIN:-4}" --out "$RESULTS" || die "overload phase failed"
         ;;
+    capacity)
+        timeout --signal=INT 600 "$BENCH" --phase capacity --bin "$BIN" --work "$WORK" \
+            --cap "${OVERLOAD_CAP:-8}" --compute-workers "${OVERLOAD_COMPUTE_WORKERS:-0}" \
+            --factor "${OVERLOAD_FACTOR:-4}" --secs "${CAPACITY_PHASE_SECS:-20}" \
+            --width "${OVERLOAD_WIDTH:-1024}" --grain "${OVERLOAD_GRAIN:-4}" --out "$RESULTS" || die "capacity phase failed"
+        ;;
     failover)
         timeout --signal=INT 300 "$BENCH" --phase failover --bin "$BIN" --work "$WORK" \
             --rate "${FAILOVER_RATE:-15}" --down-secs "${FAILOVER_DOWN_SECS:-4}" \
             --width "${OVERLOAD_WIDTH:-1024}" --grain "${OVERLOAD_GRAIN:-4}" --out "$RESULTS" || die "failover phase failed"
         ;;
-    *) die "unknown phase $phase (overload, failover)" ;;
+    *) die "unknown phase $phase (overload, capacity, failover)" ;;
     esac
     echo "load average after $phase: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$RESULTS"
     echo | tee -a "$RESULTS"

@@ -534,10 +534,14 @@ say "cargo test --no-run --test it (builds target/debug/imagegate as the tests d
 cargo test --quiet --no-run --test it || fail "cargo test --no-run --test it failed"
 BIN=$ROOT/target/debug/imagegate
 
-free_port() { "$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-GRPC_PORT=$(free_port)
-METRICS_PORT=$(free_port)
-HTTP_PORT=$(free_port)
+# Three distinct free ports, held open together while chosen (one at a time, the kernel may
+# hand out the same ephemeral port twice: it happened, and compute and the BFF then collided).
+read -r GRPC_PORT METRICS_PORT HTTP_PORT < <("$PY" -c '
+import socket
+held = [socket.socket() for _ in range(3)]
+for s in held:
+    s.bind(("127.0.0.1", 0))
+print(" ".join(str(s.getsockname()[1]) for s in held))')
 CONFIG=$WORK/imagegate.toml # the ConfigMap's own TOML, extracted above
 mkdir -p "$WORK/uploads"
 # The in-cluster config stores uploads in a bucket; here, a temporary directory.
