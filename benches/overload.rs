@@ -1206,11 +1206,18 @@ async fn capacity_change(args: &Args, report: &mut Report) -> anyhow::Result<()>
         let (lo, hi) = in_phase
             .iter()
             .fold((f64::MAX, 0f64), |(lo, hi), l| (lo.min(*l), hi.max(*l)));
-        // When the limit first entered the range it then kept for the judged window.
+        // The limit the phase settled at (median of the judged window), and how long after
+        // the change the limit first came within ±25 % of it.
+        let mut sorted_limits = in_phase.clone();
+        sorted_limits.sort_by(f64::total_cmp);
+        let settled_at = sorted_limits
+            .get(sorted_limits.len() / 2)
+            .copied()
+            .unwrap_or(0.0);
         let entered = limits
             .iter()
             .filter(|(t, _)| *t >= load_start + from && *t < j1)
-            .find(|(_, l)| *l >= lo && *l <= hi)
+            .find(|(_, l)| (*l - settled_at).abs() <= 0.25 * settled_at)
             .map(|(t, _)| t - load_start - from);
         let ratio = a99.as_secs_f64() / u99.as_secs_f64().max(1e-9);
         add(
@@ -1244,9 +1251,9 @@ async fn capacity_change(args: &Args, report: &mut Report) -> anyhow::Result<()>
             format!("{other}: {}", verdict(other == 0)),
         );
         add(
-            "heavy limit in the judged window (min–max); reached that range after",
+            "heavy limit in the judged window: min–max, median; within ±25 % of the median after",
             format!(
-                "{lo:.0}–{hi:.0}; {}",
+                "{lo:.0}–{hi:.0}, {settled_at:.0}; {}",
                 entered.map_or("?".into(), |t| format!("{t:.1} s"))
             ),
         );

@@ -16,7 +16,7 @@ pub struct ComputeMetrics {
 
 impl ComputeMetrics {
     pub fn new(registry: &Registry) -> Self {
-        ComputeMetrics {
+        let metrics = ComputeMetrics {
             operations: register(
                 registry,
                 IntCounterVec::new(
@@ -48,7 +48,14 @@ impl ComputeMetrics {
                 )
                 .expect("valid metric"),
             ),
+        };
+        // Every operation's duration series exists from the start (at zero), so dashboards
+        // and rules see it before the first job, and health checks, which are not timed,
+        // do not leave the family empty.
+        for operation in ["compress", "resize", "watermark", "batch"] {
+            metrics.duration.with_label_values(&[operation]);
         }
+        metrics
     }
 
     /// A call answered without running (refused, bad input, a health check): counted, but
