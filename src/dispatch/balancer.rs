@@ -105,7 +105,16 @@ struct Health {
     /// Ejections since the endpoint was last healthy (the backoff's exponent).
     ejections: u32,
     probe_in_flight: bool,
+    /// Out of rotation because another lane sending to the same address found it failing
+    /// (the realtime lane's health checks): back when that lane sees it answer again.
+    held_by_peer: bool,
 }
+
+/// At most this share of a lane's endpoints is ejected at once (Envoy's
+/// `max_ejection_percent`): when calls fail everywhere (a deadline shorter than the work under
+/// overload, a shared dependency down), ejecting replica after replica would only concentrate
+/// the load on the last ones.
+pub const MAX_EJECTED_SHARE: f64 = 0.5;
 
 /// One compute replica of a lane.
 pub struct ComputeEndpoint {
@@ -427,6 +436,7 @@ impl Upstream {
             match outcome {
                 Outcome::Answered => {
                     h.consecutive_failures = 0;
+                    h.held_by_peer = false;
                     if h.ejected_until.take().is_some() {
                         h.ejections = 0;
                         changed = true;
@@ -438,7 +448,8 @@ impl Upstream {
                     let trip = settings.after > 0
                         && (probe
                             || (h.ejected_until.is_none()
-                                && h.consecutive_failures >= settings.after));
+                                && h.consecutive_failures >= settings.after
+                                && self.may_eject_another()));
                     if trip {
                         h.ejections = h.ejections.saturating_add(1);
                         let backoff = settings
@@ -457,6 +468,64 @@ impl Upstream {
                     }
                 }
                 Outcome::Abandoned => {}
+            }
+        }
+        if changed {
+            self.publish();
+        }
+    }
+
+    /// True while ejecting one more endpoint keeps the ejected share within
+    /// [`MAX_EJECTED_SHARE`]. Called with one endpoint's health locked, so it only tries the
+    /// locks: an endpoint locked elsewhere at this instant counts as in rotation.
+    fn may_eject_another(&self) -> bool {
+        let all = self.endpoints.load();
+        let ejected = all
+            .iter()
+            .filter(|e| e.health.try_lock().is_ok_and(|h| h.ejected_until.is_some()))
+            .count();
+        (ejected + 1) as f64 <= MAX_EJECTED_SHARE * all.len() as f64
+    }
+
+    /// Follows another lane's view of `address` (the realtime lane's health checks): taken out
+    /// of rotation while that lane has it ejected, for at most `eject_max` without news (then
+    /// this lane probes it itself), and back as soon as that lane sees it answer. So a hung
+    /// replica that the health checks found costs image calls nothing, instead of each of
+    /// them waiting out the heavy deadline there.
+    pub fn follow_peer(&self, address: &str, peer_ejected: bool) {
+        let settings = **self.eject.load();
+        let now = Instant::now();
+        let mut changed = false;
+        for endpoint in self
+            .endpoints
+            .load()
+            .iter()
+            .filter(|e| e.address == address)
+        {
+            let held = {
+                let h = endpoint.health();
+                h.held_by_peer
+            };
+            if peer_ejected && !held {
+                if !endpoint.is_ejected() && !self.may_eject_another() {
+                    continue;
+                }
+                let mut h = endpoint.health();
+                if h.ejected_until.is_none() {
+                    h.ejected_until = Some(now + settings.max);
+                    h.held_by_peer = true;
+                    changed = true;
+                    self.metrics.ejections.inc();
+                    tracing::warn!(endpoint = %address, "compute endpoint out of rotation: its health checks fail");
+                }
+            } else if !peer_ejected && held {
+                let mut h = endpoint.health();
+                h.held_by_peer = false;
+                h.ejected_until = None;
+                h.ejections = 0;
+                h.consecutive_failures = 0;
+                changed = true;
+                tracing::info!(endpoint = %address, "compute endpoint back in rotation: its health checks pass");
             }
         }
         if changed {
@@ -668,13 +737,55 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn when_all_are_ejected_calls_still_go_somewhere() {
+    async fn at_most_half_the_endpoints_are_ejected_and_calls_still_go_somewhere() {
         let mut config = LaneConfig::heavy_defaults();
         config.eject_after = 1;
+        // One endpoint: never ejected (it would leave nothing), calls keep going there.
         let u = upstream("a:1", &config, system_resolver()).await;
         u.pick(&[]).await.unwrap().record(Outcome::Failed);
-        assert!(u.endpoints()[0].is_ejected());
+        assert!(!u.endpoints()[0].is_ejected());
         assert_eq!(u.pick(&[]).await.unwrap().endpoint.address, "a:1");
+        // Two failing everywhere (a deadline shorter than the work): only one goes.
+        let u = upstream("a:1,b:2", &config, system_resolver()).await;
+        for _ in 0..6 {
+            u.pick(&[]).await.unwrap().record(Outcome::Failed);
+        }
+        let ejected = u.endpoints().iter().filter(|e| e.is_ejected()).count();
+        assert_eq!(ejected, 1, "at most half of two");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_endpoint_follows_the_health_lanes_verdict_and_comes_back_with_it() {
+        let config = LaneConfig::heavy_defaults();
+        let u = upstream("a:1,b:2", &config, system_resolver()).await;
+        u.follow_peer("a:1", true);
+        assert!(u.endpoints()[0].is_ejected());
+        for _ in 0..10 {
+            assert_eq!(u.pick(&[]).await.unwrap().endpoint.address, "b:2");
+        }
+        // Still failing its health checks: it stays out (no probe of its own meanwhile).
+        tokio::time::advance(Duration::from_secs(5)).await;
+        u.follow_peer("a:1", true);
+        for _ in 0..10 {
+            assert_eq!(u.pick(&[]).await.unwrap().endpoint.address, "b:2");
+        }
+        // The health lane sees it answer: back at once.
+        u.follow_peer("a:1", false);
+        assert!(!u.endpoints()[0].is_ejected());
+        let seen: std::collections::HashSet<_> = (0..4)
+            .map(|_| futures_util::FutureExt::now_or_never(u.pick(&[])))
+            .map(|p| p.unwrap().unwrap())
+            .map(|p| {
+                let a = p.endpoint.address.clone();
+                p.record(Outcome::Answered);
+                a
+            })
+            .collect();
+        assert_eq!(seen.len(), 2, "{seen:?}");
+        // The cap holds for followed verdicts too: b is not taken out while a is.
+        u.follow_peer("a:1", true);
+        u.follow_peer("b:2", true);
+        assert_eq!(u.endpoints().iter().filter(|e| e.is_ejected()).count(), 1);
     }
 
     #[tokio::test]

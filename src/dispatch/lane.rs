@@ -155,6 +155,11 @@ impl Lane {
         self.config.load_full()
     }
 
+    /// The lane's compute endpoints.
+    pub fn upstream(&self) -> &Arc<Upstream> {
+        &self.upstream
+    }
+
     pub fn metrics(&self) -> &LaneMetrics {
         &self.metrics
     }
@@ -457,14 +462,18 @@ impl Lane {
                 Ok(Ok(response)) => return Ok((response, picked, sent.elapsed())),
                 Ok(Err(status)) => transport_failure_is_unavailable(status),
             };
-            tried.push(picked.endpoint.clone());
-            picked.record(Outcome::of(status.code()));
-            // The server's own deadline timer may answer CANCELLED just as ours fires.
+            // Compute enforces the grpc-timeout we sent: on a busy host its timer may fire
+            // before ours and answer CANCELLED (tonic's server) or DEADLINE_EXCEEDED. That is
+            // our deadline passing, a failure of the endpoint; counted as the client going
+            // away (CANCELLED → no verdict), a hung replica would never be ejected.
             if matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled)
-                && Instant::now() >= deadline
+                && deadline.saturating_duration_since(Instant::now()) <= SERVER_TIMER_SLACK
             {
+                picked.record(Outcome::Failed);
                 return Err(self.deadline_exceeded(config));
             }
+            tried.push(picked.endpoint.clone());
+            picked.record(Outcome::of(status.code()));
             if attempt >= config.retries
                 || !worth_retrying(&status, self.upstream.has_untried(&tried))
                 || !budget.withdraw()
@@ -494,6 +503,10 @@ impl Lane {
         }
     }
 }
+
+/// How close to our deadline a CANCELLED or DEADLINE_EXCEEDED answer counts as compute's
+/// timer for that same deadline firing first.
+const SERVER_TIMER_SLACK: Duration = Duration::from_millis(100);
 
 /// How long a shed client should wait before trying again: at least a second (the header
 /// has whole seconds), longer for a lane whose calls take longer.

@@ -337,13 +337,37 @@ impl Dispatcher {
                         .await
                 },
             )
-            .await?;
+            .await;
+        self.share_endpoint_health(lane);
+        let response = response?;
         let status = crate::proto::ServingStatus::try_from(response.status)
             .unwrap_or(crate::proto::ServingStatus::Unknown);
         if status == crate::proto::ServingStatus::Serving {
             self.compute_is_serving(lane.name());
         }
         Ok(status)
+    }
+
+    /// After a health check: every other lane sending to the same compute follows `checked`'s
+    /// view of each endpoint (out of rotation while its health checks fail, back when they
+    /// pass), so a replica that hangs costs the heavy lane nothing once `/health` found it.
+    fn share_endpoint_health(&self, checked: &Lane) {
+        let Some(address) = self.addresses.get(checked.name()) else {
+            return;
+        };
+        let endpoints = checked.upstream().endpoints();
+        for (name, lane) in &self.lanes {
+            if name == checked.name() || self.addresses.get(name) != Some(address) {
+                continue;
+            }
+            if Arc::ptr_eq(lane.upstream(), checked.upstream()) {
+                continue; // shared mode: one pool
+            }
+            for endpoint in endpoints.iter() {
+                lane.upstream()
+                    .follow_peer(&endpoint.address, endpoint.is_ejected());
+            }
+        }
     }
 
     /// Compute at `checked`'s address answered SERVING: the other lanes sending there stop

@@ -54,13 +54,25 @@ impl Drop for Running {
     }
 }
 
-/// Starts `cmd` and waits for `imagegate dev` to print the BFF's address.
-fn start(mut cmd: Command) -> (Running, String) {
+/// Reads a child's stderr as it comes, as a pod's log collector does: a pipe nobody reads
+/// fills up (64 KiB) and then blocks the process on its next log line.
+fn drain(stderr: std::process::ChildStderr) -> std::thread::JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut all = String::new();
+        let _ = BufReader::new(stderr).read_to_string(&mut all);
+        all
+    })
+}
+
+/// Starts `cmd` and waits for `imagegate dev` to print the BFF's address; its stderr is
+/// collected by the returned thread (joined once the process has exited).
+fn start(mut cmd: Command) -> (Running, String, std::thread::JoinHandle<String>) {
     let mut child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let logs = drain(child.stderr.take().unwrap());
     let stdout = child.stdout.take().unwrap();
     let mut lines = BufReader::new(stdout).lines();
     let started = Instant::now();
@@ -74,12 +86,12 @@ fn start(mut cmd: Command) -> (Running, String) {
         }
         assert!(started.elapsed() < Duration::from_secs(60));
     };
-    (Running(child), url)
+    (Running(child), url, logs)
 }
 
 #[tokio::test]
 async fn service_link_variables_never_stop_the_process_and_json_logs_carry_the_request_id() {
-    let (mut running, url) = start(dev_with(&[
+    let (running, url, logs) = start(dev_with(&[
         ("IMAGEGATE_LOG__FORMAT", "json"),
         ("RUST_LOG", "info"),
     ]));
@@ -107,14 +119,8 @@ async fn service_link_variables_never_stop_the_process_and_json_logs_carry_the_r
 
     // Stop it and read everything it logged (stderr is a pipe here, as in a pod).
     unsafe { libc::kill(running.0.id() as i32, libc::SIGTERM) };
-    let mut stderr = String::new();
-    running
-        .0
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
+    let stderr = logs.join().unwrap();
+    drop(running);
     assert!(
         !stderr.contains('\u{1b}'),
         "colour codes in a pipe: {stderr}"

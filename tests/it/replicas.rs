@@ -332,3 +332,95 @@ async fn a_dns_name_that_gains_an_address_is_picked_up() {
     );
     drop(first);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_replica_is_left_by_health_checks_and_image_calls_and_taken_back_when_it_thaws() {
+    // Two replicas; one hangs: it accepts connections and calls and never answers (what a
+    // SIGSTOPped process looks like from outside). Defaults: health_timeout 1 s, realtime
+    // eject_after 3, eject_for 1 s doubling.
+    let (computes, logs) = replicas(2);
+    let bff = start_bff(bff_config(&list_url(&computes)));
+    let client = reqwest::Client::new();
+    let health = async || {
+        client
+            .get(bff.url("/health"))
+            .send()
+            .await
+            .map_or(0, |r| r.status().as_u16())
+    };
+    assert_eq!(health().await, 200);
+    logs[1].hold("Check");
+    logs[1].hold("Compress");
+
+    // /health polled every 50 ms for 15 s: after the first seconds it is 200 ≥ 95 % of the time.
+    let started = std::time::Instant::now();
+    let mut polls = Vec::new();
+    while started.elapsed() < Duration::from_secs(15) {
+        let status = health().await;
+        polls.push((started.elapsed(), status));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let late: Vec<u16> = polls
+        .iter()
+        .filter(|(t, _)| *t >= Duration::from_secs(5))
+        .map(|(_, s)| *s)
+        .collect();
+    let ok = late.iter().filter(|s| **s == 200).count();
+    assert!(
+        ok as f64 >= 0.95 * late.len() as f64,
+        "/health 200 in only {ok} of {} polls after 5 s: {polls:?}",
+        late.len()
+    );
+
+    // Image calls: the heavy lane left the hung replica too, so each succeeds in < 5 s.
+    for _ in 0..10 {
+        let r = client
+            .post(bff.url("/v1/images/compress"))
+            .multipart(Form::new().part("file", file(jpeg(32, 24))))
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await
+            .expect("an image call answered within 5 s");
+        assert_eq!(r.status(), 200);
+    }
+
+    // The hang is on the dashboard: realtime deadlines, the replica out of both rotations.
+    let text = metrics_text(&bff).await;
+    assert!(
+        metric(
+            &text,
+            "imagegate_lane_requests_total{code=\"DEADLINE_EXCEEDED\",lane=\"realtime\",method=\"compute.HealthService/Check\"}"
+        )
+        .unwrap_or(0.0)
+            >= 3.0,
+        "{text}"
+    );
+    for lane in ["realtime", "heavy"] {
+        assert_eq!(
+            metric(
+                &text,
+                &format!("imagegate_lane_endpoints{{lane=\"{lane}\",state=\"ejected\"}}")
+            ),
+            Some(1.0),
+            "{lane}"
+        );
+    }
+
+    // It thaws: within 30 s it gets image work again.
+    let before = logs[1].count("Compress");
+    logs[1].release("Check");
+    logs[1].release("Compress");
+    assert!(
+        eventually(Duration::from_secs(30), async || {
+            health().await;
+            let _ = client
+                .post(bff.url("/v1/images/compress"))
+                .multipart(Form::new().part("file", file(jpeg(32, 24))))
+                .send()
+                .await;
+            logs[1].count("Compress") > before
+        })
+        .await,
+        "the thawed replica never got image work back"
+    );
+}
