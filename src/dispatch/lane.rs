@@ -347,6 +347,15 @@ impl Lane {
         let ticket = self.check_circuit()?;
         let _in_flight = self.admit(&config).await?;
         let started = Instant::now();
+        // Until the call is recorded below, dropping it (the HTTP client went away) records
+        // it as CANCELLED: the slowest calls are the ones clients give up on, and they must
+        // not vanish from the request metrics.
+        let mut unrecorded = Unrecorded {
+            metrics: &self.metrics,
+            method,
+            started,
+            armed: true,
+        };
         // A caller's own bound counts from its call, admission included.
         let deadline = match shorter {
             Some(shorter) => entered + shorter,
@@ -369,7 +378,8 @@ impl Lane {
             Ok(_) => Code::Ok,
             Err(e) => error_code(e),
         };
-        ticket.record(compute_failed(code));
+        ticket.record_outcome(compute_failed(code), code == Code::Unavailable);
+        unrecorded.armed = false;
         self.metrics
             .request(method, code_name(code), started.elapsed().as_secs_f64());
         result.map(tonic::Response::into_inner)
@@ -413,7 +423,7 @@ impl Lane {
             Err(e) => {
                 self.adapt_to_failure(&e);
                 let code = error_code(&e);
-                ticket.record(compute_failed(code));
+                ticket.record_outcome(compute_failed(code), code == Code::Unavailable);
                 self.metrics
                     .request(method, code_name(code), started.elapsed().as_secs_f64());
                 Err(e)
@@ -599,6 +609,26 @@ impl std::fmt::Display for NotSent {
 
 impl std::error::Error for NotSent {}
 
+/// Records a unary call dropped before its end as CANCELLED (see [`Lane::unary_within`]).
+struct Unrecorded<'a> {
+    metrics: &'a LaneMetrics,
+    method: &'static str,
+    started: Instant,
+    armed: bool,
+}
+
+impl Drop for Unrecorded<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.metrics.request(
+                self.method,
+                code_name(Code::Cancelled),
+                self.started.elapsed().as_secs_f64(),
+            );
+        }
+    }
+}
+
 struct StreamRecord {
     lane: Arc<Lane>,
     metrics: LaneMetrics,
@@ -661,7 +691,8 @@ impl<T> LaneStream<T> {
             if code == Code::Cancelled {
                 drop(r.ticket); // the client went away: no verdict on compute
             } else {
-                r.ticket.record(compute_failed(code));
+                r.ticket
+                    .record_outcome(compute_failed(code), code == Code::Unavailable);
             }
             r.picked.record(Outcome::of(code));
             drop(r.in_flight);

@@ -1131,3 +1131,53 @@ async fn a_hung_health_check_is_judged_by_the_lane_not_dropped_unseen() {
     );
     log.release("Check");
 }
+
+#[tokio::test]
+async fn a_call_dropped_before_its_end_is_recorded_as_cancelled() {
+    // The dispatcher against a real compute over TCP; the caller (an HTTP handler whose
+    // client went away, a shutdown) drops the call while compute holds it.
+    let log = CallLog::default();
+    let compute = start_compute(compute_config(), Some(log.hook()));
+    let config = bff_config(&compute.url());
+    let registry = prometheus::Registry::new();
+    let dispatcher = std::sync::Arc::new(
+        imagegate::dispatch::Dispatcher::new(&config, &registry)
+            .await
+            .unwrap(),
+    );
+    log.hold("Compress");
+    let call = {
+        let d = dispatcher.clone();
+        tokio::spawn(async move {
+            d.compress(imagegate::proto::CompressRequest {
+                image_data: jpeg(32, 32).into(),
+                ..Default::default()
+            })
+            .await
+        })
+    };
+    let heavy = dispatcher.lane("heavy").unwrap().clone();
+    assert!(
+        eventually(Duration::from_secs(20), async || heavy
+            .metrics()
+            .in_flight
+            .get()
+            == 1)
+        .await
+    );
+    call.abort();
+    let _ = call.await;
+    let text = prometheus::TextEncoder::new()
+        .encode_to_string(&registry.gather())
+        .unwrap();
+    assert_eq!(
+        metric(
+            &text,
+            "imagegate_lane_requests_total{code=\"CANCELLED\",lane=\"heavy\",method=\"compute.ImageService/Compress\"}"
+        ),
+        Some(1.0),
+        "the dropped call is missing from the lane metrics"
+    );
+    assert_eq!(heavy.metrics().in_flight.get(), 0);
+    log.release("Compress");
+}
