@@ -395,6 +395,7 @@ impl Lane {
     ) -> Result<LaneStream<Item>, DispatchError>
     where
         Req: Clone,
+        Item: Send + 'static,
         F: Fn(Channel, tonic::Request<Req>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<tonic::Streaming<Item>>, Status>>,
     {
@@ -405,11 +406,12 @@ impl Lane {
         let deadline = started + config.deadline;
         match self.with_retries(&config, deadline, request, &call).await {
             Ok((response, picked, _)) => Ok(LaneStream {
-                inner: response.into_inner(),
+                inner: Box::pin(response.into_inner()),
                 lane: self.name.clone(),
                 deadline: Box::pin(tokio::time::sleep_until(deadline)),
                 deadline_len: config.deadline,
                 finished: false,
+                handed_out_at: None,
                 record: Some(StreamRecord {
                     lane: self.clone(),
                     metrics: self.metrics.clone(),
@@ -667,12 +669,19 @@ fn compute_failed(code: Code) -> bool {
 }
 
 /// A server stream that holds its lane permit and enforces the lane deadline to its end.
+///
+/// The deadline measures compute, not the consumer: the time between handing out an item
+/// and being asked for the next (the BFF storing a result in a slow S3, a client reading the
+/// event stream slowly) is added to it, so a slow store or client is never judged as compute
+/// failing (a deadline that would count against the circuit and the endpoint).
 pub struct LaneStream<T> {
-    inner: tonic::Streaming<T>,
+    inner: Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>,
     lane: String,
     deadline: Pin<Box<Sleep>>,
     deadline_len: Duration,
     finished: bool,
+    /// When the last item was handed out, until the consumer asks for the next one.
+    handed_out_at: Option<Instant>,
     record: Option<StreamRecord>,
 }
 
@@ -715,6 +724,11 @@ impl<T> Stream for LaneStream<T> {
         if this.finished {
             return Poll::Ready(None);
         }
+        if let Some(handed_out) = this.handed_out_at.take() {
+            let consumer_time = handed_out.elapsed();
+            let extended = this.deadline.deadline() + consumer_time;
+            this.deadline.as_mut().reset(extended);
+        }
         if this.deadline.as_mut().poll(cx).is_ready() {
             let err = DispatchError::Deadline {
                 lane: this.lane.clone(),
@@ -725,7 +739,10 @@ impl<T> Stream for LaneStream<T> {
         }
         match Pin::new(&mut this.inner).poll_next(cx) {
             Poll::Pending => Poll::Pending,
-            Poll::Ready(Some(Ok(item))) => Poll::Ready(Some(Ok(item))),
+            Poll::Ready(Some(Ok(item))) => {
+                this.handed_out_at = Some(Instant::now());
+                Poll::Ready(Some(Ok(item)))
+            }
             Poll::Ready(Some(Err(status))) => {
                 let status = transport_failure_is_unavailable(status);
                 if let (true, Some(r)) = (is_queue_full(&status), &this.record) {
@@ -745,6 +762,45 @@ impl<T> Stream for LaneStream<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn lane_stream(items: Vec<(Duration, u32)>, deadline: Duration) -> LaneStream<u32> {
+        // Each item arrives after its delay (compute's work), then the next one's starts.
+        let inner = futures_util::stream::unfold(items.into_iter(), |mut items| async move {
+            let (delay, item) = items.next()?;
+            tokio::time::sleep(delay).await;
+            Some((Ok(item), items))
+        });
+        LaneStream {
+            inner: Box::pin(inner),
+            lane: "heavy".into(),
+            deadline: Box::pin(tokio::time::sleep(deadline)),
+            deadline_len: deadline,
+            finished: false,
+            handed_out_at: None,
+            record: None,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_consumer_does_not_use_up_the_streams_deadline() {
+        use futures_util::StreamExt;
+        let ms = Duration::from_millis;
+        // Compute takes 3 × 300 ms; the consumer spends 2 s on each item (a slow store).
+        let mut stream = lane_stream(vec![(ms(300), 1), (ms(300), 2), (ms(300), 3)], ms(1000));
+        let mut got = Vec::new();
+        while let Some(item) = stream.next().await {
+            got.push(item.expect("no deadline: compute took 900 ms of its 1 s"));
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+        assert_eq!(got, [1, 2, 3]);
+        // Compute itself too slow: the deadline still ends it.
+        let mut stream = lane_stream(vec![(ms(600), 1), (ms(600), 2)], ms(1000));
+        assert_eq!(stream.next().await.unwrap().unwrap(), 1);
+        assert!(matches!(
+            stream.next().await,
+            Some(Err(DispatchError::Deadline { .. }))
+        ));
+    }
 
     #[test]
     fn backoff_grows_exponentially_with_jitter_and_a_cap() {

@@ -86,6 +86,9 @@ fn start(mut cmd: Command) -> (Running, String, std::thread::JoinHandle<String>)
         }
         assert!(started.elapsed() < Duration::from_secs(60));
     };
+    // Keep reading what it prints after the address: a closed pipe would make its next line
+    // fail (EPIPE) and the process die.
+    std::thread::spawn(move || lines.for_each(drop));
     (Running(child), url, logs)
 }
 
@@ -96,17 +99,20 @@ async fn service_link_variables_never_stop_the_process_and_json_logs_carry_the_r
         ("RUST_LOG", "info"),
     ]));
     let client = reqwest::Client::new();
-    assert!(
-        eventually(Duration::from_secs(20), async || {
-            client
-                .get(format!("{url}/health"))
-                .send()
-                .await
-                .is_ok_and(|r| r.status() == 200)
-        })
-        .await,
-        "the BFF never reported compute up"
-    );
+    let up = eventually(Duration::from_secs(20), async || {
+        client
+            .get(format!("{url}/health"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+    if !up {
+        drop(running);
+        let log = logs.join().unwrap();
+        let tail: Vec<&str> = log.lines().rev().take(30).collect();
+        panic!("the BFF never reported compute up; its last log lines:\n{tail:#?}");
+    }
     let r = client
         .post(format!("{url}/v1/images/compress"))
         .header("x-request-id", "field-test-123")
