@@ -21,7 +21,9 @@
 //!   S3), content-addressed, with atomic writes and a retention sweep; served back by
 //!   [`edge::uploads`].
 //!
-//! Around them: [`config`] (one TOML file + env overrides, validated with key names),
+//! Around them: [`vocab`] (the words both sides use: image and archive types, error reasons,
+//! limits, what counts as a compute failure), [`config`] (one TOML file + env overrides,
+//! validated with key names),
 //! [`metrics`] (one Prometheus registry per server), [`proto`] (generated code),
 //! [`shutdown`] (signals), [`trace_context`] (request ids across the system), [`logging`], [`reload`] (live config reload), [`sockopt`] (the TCP
 //! retransmission floor and thread priority, which have no safe wrapper), and [`dev`] (both
@@ -42,3 +44,4 @@ pub mod shutdown;
 pub mod sockopt;
 pub mod store;
 pub mod trace_context;
+pub mod vocab;

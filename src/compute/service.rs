@@ -22,18 +22,16 @@ use super::ops::{
     self, Encoded, Limits, Mark, OpError, OutputFormat, Position, ResizeSpec, WatermarkSpec,
 };
 use super::pool::{CpuPool, PoolError, Slot};
-use super::status::{bad_parameter, op_reason, reason};
+use super::status::op_reason;
 use crate::proto::{
     self, health_service_server::HealthService, image_service_server::ImageService, operation,
     BatchProcessRequest, CompressRequest, CompressResponse, HealthCheckRequest,
     HealthCheckResponse, ProcessChunk, ResizeRequest, ResizeResponse, ServingStatus,
     WatermarkRequest, WatermarkResponse,
 };
+use crate::vocab::errors::{bad_parameter, reason};
 
-/// Largest side of a resize box (CONTRACT §1).
-pub const MAX_BOX_SIDE: i32 = 16384;
-/// Largest explicit font size in pixels.
-pub const MAX_FONT_SIZE: i32 = 4096;
+use crate::vocab::limits::{MAX_BOX_SIDE, MAX_FONT_SIZE, MAX_WATERMARK_TEXT_CHARS};
 
 /// A hook run at the start of every call with the method name and the caller's address:
 /// lets an operator (or a test) observe which connection a call came on, or hold it.
@@ -205,10 +203,10 @@ fn watermark_job(
     if has_text && text.trim().is_empty() {
         return Err(bad_parameter("watermark text is only whitespace"));
     }
-    if text.chars().count() > 1000 {
-        return Err(bad_parameter(
-            "watermark text is longer than 1000 characters",
-        ));
+    if text.chars().count() > MAX_WATERMARK_TEXT_CHARS {
+        return Err(bad_parameter(format!(
+            "watermark text is longer than {MAX_WATERMARK_TEXT_CHARS} characters"
+        )));
     }
     if !opacity.is_finite() || !(0.0..=1.0).contains(&opacity) {
         return Err(bad_parameter(format!(

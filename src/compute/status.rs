@@ -1,47 +1,12 @@
-//! Turning failures into gRPC statuses: every error carries a `google.rpc.ErrorInfo` detail
-//! (domain `imagegate.compute`, a stable reason) so clients never parse messages.
-
-use std::collections::HashMap;
+//! Turning compute's failures into gRPC statuses: every error carries a `google.rpc.ErrorInfo` detail
+//! (domain `imagegate.compute`, a stable reason) so clients never parse messages. The reasons themselves are
+//! [`crate::vocab::errors`].
 
 use tonic::{Code, Status};
-use tonic_types::{ErrorDetails, StatusExt};
 
 use super::ops::OpError;
 use super::pool::PoolError;
-
-/// ErrorInfo domain of every compute error.
-pub const DOMAIN: &str = "imagegate.compute";
-
-/// Reasons (CONTRACT §1 status table).
-pub mod reason {
-    pub const BAD_PARAMETER: &str = "BAD_PARAMETER";
-    pub const UNSUPPORTED_FORMAT: &str = "UNSUPPORTED_FORMAT";
-    pub const UNDECODABLE_IMAGE: &str = "UNDECODABLE_IMAGE";
-    pub const PIXEL_LIMIT: &str = "PIXEL_LIMIT";
-    pub const MESSAGE_TOO_LARGE: &str = "MESSAGE_TOO_LARGE";
-    pub const QUEUE_FULL: &str = "QUEUE_FULL";
-    pub const DEADLINE: &str = "DEADLINE_EXCEEDED";
-    pub const SHUTTING_DOWN: &str = "SHUTTING_DOWN";
-}
-
-/// A status with an ErrorInfo detail.
-pub fn status(code: Code, reason: &str, message: impl Into<String>) -> Status {
-    Status::with_error_details(
-        code,
-        message,
-        ErrorDetails::with_error_info(reason, DOMAIN, HashMap::new()),
-    )
-}
-
-/// A bad request parameter.
-pub fn bad_parameter(message: impl Into<String>) -> Status {
-    status(Code::InvalidArgument, reason::BAD_PARAMETER, message)
-}
-
-/// The ErrorInfo reason of a status, if it has one.
-pub fn reason_of(status: &Status) -> Option<String> {
-    status.get_details_error_info().map(|info| info.reason)
-}
+use crate::vocab::errors::{reason, status};
 
 /// The reason of an operation error, also used as the metrics `result` label.
 pub fn op_reason(e: &OpError) -> &'static str {

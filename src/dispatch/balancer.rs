@@ -67,14 +67,12 @@ pub enum Outcome {
 impl Outcome {
     /// The verdict a gRPC status gives on the endpoint that produced it.
     pub fn of(code: Code) -> Outcome {
-        match code {
-            Code::Unavailable
-            | Code::DeadlineExceeded
-            | Code::Internal
-            | Code::Unknown
-            | Code::DataLoss => Outcome::Failed,
-            Code::Cancelled => Outcome::Abandoned,
-            _ => Outcome::Answered,
+        if crate::vocab::failure::is_compute_failure(code) {
+            Outcome::Failed
+        } else if code == Code::Cancelled {
+            Outcome::Abandoned
+        } else {
+            Outcome::Answered
         }
     }
 }

@@ -24,8 +24,9 @@ use super::circuit::{Circuit, Ticket};
 use super::limiter::{Limiter, Permit};
 use super::metrics::{code_name, rejected, LaneMetrics};
 use super::DispatchError;
-use crate::compute::status::{reason, reason_of};
 use crate::config::{Concurrency, LaneConfig};
+use crate::vocab::errors::{reason, reason_of};
+use crate::vocab::failure::is_compute_failure;
 
 /// One lane: its limits (swappable at run time), permits, connections and metrics.
 pub struct Lane {
@@ -378,7 +379,7 @@ impl Lane {
             Ok(_) => Code::Ok,
             Err(e) => error_code(e),
         };
-        ticket.record_outcome(compute_failed(code), code == Code::Unavailable);
+        ticket.record_outcome(is_compute_failure(code), code == Code::Unavailable);
         unrecorded.armed = false;
         self.metrics
             .request(method, code_name(code), started.elapsed().as_secs_f64());
@@ -425,7 +426,7 @@ impl Lane {
             Err(e) => {
                 self.adapt_to_failure(&e);
                 let code = error_code(&e);
-                ticket.record_outcome(compute_failed(code), code == Code::Unavailable);
+                ticket.record_outcome(is_compute_failure(code), code == Code::Unavailable);
                 self.metrics
                     .request(method, code_name(code), started.elapsed().as_secs_f64());
                 Err(e)
@@ -655,19 +656,6 @@ fn error_code(e: &DispatchError) -> Code {
     }
 }
 
-/// Outcomes that count against the circuit: compute unreachable, slow or broken. Client
-/// errors (bad input, too large) and a client going away (CANCELLED) do not.
-fn compute_failed(code: Code) -> bool {
-    matches!(
-        code,
-        Code::Unavailable
-            | Code::DeadlineExceeded
-            | Code::Internal
-            | Code::Unknown
-            | Code::DataLoss
-    )
-}
-
 /// A server stream that holds its lane permit and enforces the lane deadline to its end.
 ///
 /// The deadline measures compute, not the consumer: the time between handing out an item
@@ -701,7 +689,7 @@ impl<T> LaneStream<T> {
                 drop(r.ticket); // the client went away: no verdict on compute
             } else {
                 r.ticket
-                    .record_outcome(compute_failed(code), code == Code::Unavailable);
+                    .record_outcome(is_compute_failure(code), code == Code::Unavailable);
             }
             r.picked.record(Outcome::of(code));
             drop(r.in_flight);
@@ -846,7 +834,7 @@ mod tests {
             !worth_retrying(&refused, false),
             "the same endpoint refuses again within a backoff: fail fast"
         );
-        let full = crate::compute::status::status(
+        let full = crate::vocab::errors::status(
             Code::ResourceExhausted,
             reason::QUEUE_FULL,
             "compute queue full",

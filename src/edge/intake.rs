@@ -33,8 +33,8 @@ use bytes::{Bytes, BytesMut};
 use futures_util::{Stream, StreamExt, TryStreamExt};
 
 use super::problem::Problem;
-use crate::compute::ops::{self, Format};
 use crate::config::BffConfig;
+use crate::vocab::media::{self, Format};
 
 /// The intake limits of one request.
 #[derive(Debug, Clone, Copy)]
@@ -562,7 +562,7 @@ async fn read_parts(
 
 /// The file's type from its bytes; unknown is refused (415) unless `lenient` (batch).
 fn sniff(data: &[u8], field: &str, lenient: bool) -> Result<Option<Format>, Problem> {
-    match ops::sniff(data) {
+    match media::sniff_readable(data) {
         Some(f) => Ok(Some(f)),
         None if lenient => Ok(None),
         None => Err(unsupported(field)),

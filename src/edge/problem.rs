@@ -9,8 +9,8 @@ use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
 use tonic::Code;
 
-use crate::compute::status::{reason, reason_of};
 use crate::dispatch::DispatchError;
+use crate::vocab::errors::{reason, reason_of};
 
 /// A problem detail, ready to be answered.
 #[derive(Debug, Clone)]
@@ -240,7 +240,7 @@ pub fn from_status(status: &tonic::Status) -> Problem {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::compute::status::status;
+    use crate::vocab::errors::status;
 
     #[test]
     fn compute_reasons_map_to_the_contracts_statuses() {

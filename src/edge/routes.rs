@@ -15,10 +15,10 @@ use super::intake::{read_form, FormSpec, Limits};
 use super::params;
 use super::problem::Problem;
 use super::AppState;
-use crate::compute::ops::{self, Format};
 use crate::dispatch::lane::LaneStream;
 use crate::dispatch::Dispatcher;
 use crate::proto::{BatchProcessRequest, Operation, ProcessChunk, ServingStatus};
+use crate::vocab::media::Format;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(post("/v1/images/compress", compress))
@@ -83,15 +83,7 @@ pub(super) fn limits(state: &AppState) -> Limits {
 }
 
 fn content_type(data: &[u8]) -> &'static str {
-    match ops::sniff(data) {
-        Some(Format::Jpeg) => "image/jpeg",
-        Some(Format::Png) => "image/png",
-        Some(Format::WebP) => "image/webp",
-        Some(Format::Gif) => "image/gif",
-        Some(Format::Avif) => "image/avif",
-        None if ops::is_avif(data) => "image/avif",
-        None => "application/octet-stream",
-    }
+    Format::sniff(data).map_or("application/octet-stream", Format::content_type)
 }
 
 /// `Vary: Accept` on an answer whose format `format=auto` chose from the `Accept` header.

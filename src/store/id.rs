@@ -8,6 +8,8 @@
 
 use sha2::{Digest, Sha256};
 
+use crate::vocab::media::Format;
+
 /// The image types the store keeps: what compute writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ImageKind {
@@ -18,21 +20,15 @@ pub enum ImageKind {
 }
 
 impl ImageKind {
-    /// The type from the bytes' magic number (never from a client's claim).
+    /// The type from the bytes' magic number (never from a client's claim); a GIF is not
+    /// one the store keeps (compute writes GIF input as PNG).
     pub fn sniff(data: &[u8]) -> Option<Self> {
-        if data.starts_with(&[0xFF, 0xD8, 0xFF]) {
-            Some(ImageKind::Jpeg)
-        } else if data.starts_with(b"\x89PNG\r\n\x1a\n") {
-            Some(ImageKind::Png)
-        } else if data.len() >= 12 && &data[0..4] == b"RIFF" && &data[8..12] == b"WEBP" {
-            Some(ImageKind::Webp)
-        } else if data.len() >= 12
-            && &data[4..8] == b"ftyp"
-            && matches!(&data[8..12], b"avif" | b"avis")
-        {
-            Some(ImageKind::Avif)
-        } else {
-            None
+        match Format::sniff(data)? {
+            Format::Jpeg => Some(ImageKind::Jpeg),
+            Format::Png => Some(ImageKind::Png),
+            Format::WebP => Some(ImageKind::Webp),
+            Format::Avif => Some(ImageKind::Avif),
+            Format::Gif => None,
         }
     }
 

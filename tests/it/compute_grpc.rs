@@ -4,10 +4,10 @@
 use std::time::{Duration, Instant};
 
 use crate::support::*;
-use imagegate::compute::status::reason_of;
 use imagegate::proto::health_service_client::HealthServiceClient;
 use imagegate::proto::image_service_client::ImageServiceClient;
 use imagegate::proto::*;
+use imagegate::vocab::errors::reason_of;
 use tonic::transport::Channel;
 use tonic::Code;
 

@@ -15,16 +15,7 @@ mod watermark;
 #[cfg(test)]
 mod testutil;
 
-/// An image container: one we can read (JPEG, PNG, WebP, GIF) or AVIF, which is only
-/// written ([`sniff`] never answers it, so an AVIF input is an unsupported type).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Format {
-    Jpeg,
-    Png,
-    WebP,
-    Gif,
-    Avif,
-}
+pub use crate::vocab::media::Format;
 
 /// What to write: a concrete format, or the input's own (GIF input is written as PNG).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,25 +101,10 @@ pub struct WatermarkSpec<'a> {
     pub opacity: f32,
 }
 
-/// Identify the container from magic bytes (never from a client's Content-Type).
+/// Identify a container compute reads from magic bytes (never from a client's Content-Type):
+/// AVIF is not one.
 pub fn sniff(data: &[u8]) -> Option<Format> {
-    if data.starts_with(&[0xFF, 0xD8, 0xFF]) {
-        Some(Format::Jpeg)
-    } else if data.starts_with(b"\x89PNG\r\n\x1a\n") {
-        Some(Format::Png)
-    } else if data.starts_with(b"GIF87a") || data.starts_with(b"GIF89a") {
-        Some(Format::Gif)
-    } else if data.len() >= 12 && &data[0..4] == b"RIFF" && &data[8..12] == b"WEBP" {
-        Some(Format::WebP)
-    } else {
-        None
-    }
-}
-
-/// Whether `data` is an AVIF file (an ISO-BMFF `ftyp` box with an AVIF brand): what compute
-/// writes for `output_format = AVIF`, never an input it reads.
-pub fn is_avif(data: &[u8]) -> bool {
-    data.len() >= 12 && &data[4..8] == b"ftyp" && matches!(&data[8..12], b"avif" | b"avis")
+    crate::vocab::media::sniff_readable(data)
 }
 
 /// Re-encode at `quality` (1–100) in `out`.
@@ -194,19 +170,6 @@ fn output_format(out: OutputFormat, input: Format) -> Format {
             Format::Gif => Format::Png,
             other => other,
         },
-    }
-}
-
-impl Format {
-    /// Lower-case name, as used in messages and on the command line.
-    pub fn name(self) -> &'static str {
-        match self {
-            Format::Jpeg => "jpeg",
-            Format::Png => "png",
-            Format::WebP => "webp",
-            Format::Gif => "gif",
-            Format::Avif => "avif",
-        }
     }
 }
 
