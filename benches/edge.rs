@@ -831,7 +831,7 @@ async fn memory(args: &Args, report: &mut Report) -> anyhow::Result<()> {
             let mut lane = 0f64;
             // Bounded: stops when told, or after 10 minutes.
             while !stop.load(Ordering::Relaxed) && started.elapsed() < Duration::from_secs(600) {
-                if tick % 5 == 0 {
+                if tick.is_multiple_of(5) {
                     if let Some(v) = heavy_in_flight(&http, &bff).await {
                         lane = v;
                         peak.max_lane = peak.max_lane.max(v);

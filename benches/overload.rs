@@ -398,7 +398,7 @@ fn spawn_sampler(
             if let Some(k) = status_kib(pid, "VmRSS") {
                 max_rss = max_rss.max(k);
             }
-            if tick % 3 == 0 {
+            if tick.is_multiple_of(3) {
                 if let Some(text) = scrape(&http, &format!("{bff}/metrics")).await {
                     if let Some(v) = metric(&text, "imagegate_lane_in_flight{lane=\"heavy\"}") {
                         max_in_flight = max_in_flight.max(v);

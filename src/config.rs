@@ -14,6 +14,10 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+/// Default AVIF encoder speed (`compute.avif_speed`): a 24 MP photo in a few seconds on one
+/// core (see docs/benchmarks-ops.md), at a size still well under WebP's.
+pub const DEFAULT_AVIF_SPEED: u8 = 8;
+
 /// The largest `tcp_rto_min` Linux takes (TCP_RTO_MIN is 200 ms; larger values are refused by
 /// the kernel, so they are refused here, at start, naming the key).
 pub const TCP_RTO_MIN_MAX: Duration = Duration::from_millis(200);
@@ -259,6 +263,11 @@ pub struct ComputeConfig {
     /// AVIF encoder speed, 1 (slowest, smallest files) to 10 (fastest): bounds the time of an
     /// AVIF encode, which runs on one CPU worker like any job.
     pub avif_speed: u8,
+    /// FileService.Extract: most entries (of any kind) an archive may have.
+    pub archive_max_entries: usize,
+    /// FileService.Extract: how many times its compressed size an entry may expand (archive
+    /// bombs). The total is bounded by `max_message_size`, what one answer may carry.
+    pub archive_max_expansion: u64,
     /// Graceful shutdown: how long in-flight work may take to finish.
     #[serde(with = "humantime_serde")]
     pub drain_timeout: Duration,
@@ -821,7 +830,9 @@ impl Default for Config {
                 max_pixels: 50_000_000,
                 workers: 0,
                 queue_capacity: 64,
-                avif_speed: crate::compute::ops::DEFAULT_AVIF_SPEED,
+                avif_speed: DEFAULT_AVIF_SPEED,
+                archive_max_entries: 1000,
+                archive_max_expansion: 1000,
                 drain_timeout: Duration::from_secs(30),
                 cpu_nice: 5,
                 tcp_rto_min: Duration::from_millis(20),
@@ -957,6 +968,12 @@ impl Config {
         }
         if c.queue_capacity == 0 {
             errors.push("compute.queue_capacity: must be above 0".into());
+        }
+        if c.archive_max_entries == 0 {
+            errors.push("compute.archive_max_entries: must be above 0".into());
+        }
+        if c.archive_max_expansion == 0 {
+            errors.push("compute.archive_max_expansion: must be above 0".into());
         }
         if !(1..=10).contains(&c.avif_speed) {
             errors.push("compute.avif_speed: must be 1..=10".into());

@@ -52,7 +52,14 @@ impl ComputeMetrics {
         // Every operation's duration series exists from the start (at zero), so dashboards
         // and rules see it before the first job, and health checks, which are not timed,
         // do not leave the family empty.
-        for operation in ["compress", "resize", "watermark", "batch"] {
+        for operation in [
+            "compress",
+            "resize",
+            "watermark",
+            "batch",
+            "file_compress",
+            "extract",
+        ] {
             metrics.duration.with_label_values(&[operation]);
         }
         metrics

@@ -1,12 +1,16 @@
-//! The compute service: a tonic server for ImageService, HealthService, the standard
+//! The compute service: a tonic server for ImageService, HealthService, FileService, the standard
 //! `grpc.health.v1.Health` and server reflection on one port, with image work on a bounded CPU
 //! pool and `imagegate_compute_*` metrics on a separate small HTTP listener.
 //!
-//! - [`service`]: the gRPC handlers and parameter validation;
+//! - [`service`]: the ImageService and HealthService handlers and parameter validation;
+//! - [`file_service`]: the FileService handlers (compression, archive extraction);
+//! - [`files`]: the file operations themselves (plain sync functions, archive-bomb limits);
 //! - [`pool`]: the bounded CPU pool;
 //! - [`ops`]: the image operations themselves (plain sync functions);
 //! - [`status`]: errors → gRPC statuses with ErrorInfo.
 
+pub mod file_service;
+pub mod files;
 pub mod metrics;
 pub mod ops;
 pub mod pool;
@@ -26,12 +30,14 @@ use tokio_stream::StreamExt;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
 use crate::config::ComputeConfig;
+use crate::proto::file_service_server::FileServiceServer;
 use crate::proto::health_service_server::HealthServiceServer;
 use crate::proto::image_service_server::ImageServiceServer;
+use file_service::FileServiceImpl;
 use metrics::ComputeMetrics;
 use ops::Limits;
 use pool::CpuPool;
-use service::{CallHook, HealthServiceImpl, ImageEngine, ImageServiceImpl};
+use service::{CallHook, Engine, HealthServiceImpl, ImageServiceImpl};
 
 /// HTTP/2 receive windows of the server: they govern how fast uploads flow from the BFF.
 const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
@@ -81,34 +87,31 @@ impl ComputeServer {
             c.cpu_nice,
             metrics.queue_depth.clone(),
         )?;
-        let engine = Arc::new(ImageEngine {
+        let max_message = c.max_message_size.as_usize();
+        let engine = Arc::new(Engine {
             pool,
             limits: Limits {
                 max_pixels: c.max_pixels,
                 avif_speed: c.avif_speed,
             },
+            archive: files::ArchiveLimits {
+                max_entries: c.archive_max_entries,
+                // Names and framing count too: what fits in one answer.
+                max_total_bytes: max_message.saturating_sub(64 * 1024) as u64,
+                max_expansion: c.archive_max_expansion,
+            },
             metrics,
             hook: self.hook.clone(),
         });
-        let max_message = c.max_message_size.as_usize();
         let serving = Arc::new(AtomicBool::new(true));
 
-        let image = ImageServiceServer::new(ImageServiceImpl(engine.clone()))
-            .max_decoding_message_size(max_message)
-            .max_encoding_message_size(max_message);
-        let health = HealthServiceServer::new(HealthServiceImpl {
-            engine: engine.clone(),
-            serving: serving.clone(),
-        })
-        .max_decoding_message_size(max_message)
-        .max_encoding_message_size(max_message);
         let (grpc_health, grpc_health_service) = tonic_health::server::health_reporter();
-        grpc_health
-            .set_serving::<ImageServiceServer<ImageServiceImpl>>()
-            .await;
-        grpc_health
-            .set_serving::<HealthServiceServer<HealthServiceImpl>>()
-            .await;
+        let (routes, service_names) = contract_services(&engine, &serving, max_message);
+        for name in &service_names {
+            grpc_health
+                .set_service_status(*name, tonic_health::ServingStatus::Serving)
+                .await;
+        }
         let reflection_v1 = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -161,8 +164,7 @@ impl ComputeServer {
             .layer(tower::util::MapResponseLayer::new(
                 status::rewrite_message_too_large::<tonic::body::Body>,
             ))
-            .add_service(image)
-            .add_service(health)
+            .add_routes(routes)
             .add_service(grpc_health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
@@ -175,7 +177,11 @@ impl ComputeServer {
             result = &mut server => result?,
             _ = shutdown => {
                 serving.store(false, Ordering::Relaxed);
-                grpc_health.set_not_serving::<ImageServiceServer<ImageServiceImpl>>().await;
+                for name in &service_names {
+                    grpc_health
+                        .set_service_status(*name, tonic_health::ServingStatus::NotServing)
+                        .await;
+                }
                 grpc_health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
                 let _ = stop_grpc.send(());
                 match tokio::time::timeout(self.config.drain_timeout, &mut server).await {
@@ -188,6 +194,37 @@ impl ComputeServer {
         tracing::info!("compute stopped");
         Ok(())
     }
+}
+
+/// Every contract service compute serves, in one place (adding a service is one entry here),
+/// each with the message limit in both directions; and their names for `grpc.health.v1`.
+fn contract_services(
+    engine: &Arc<Engine>,
+    serving: &Arc<AtomicBool>,
+    max_message: usize,
+) -> (tonic::service::Routes, Vec<&'static str>) {
+    use tonic::server::NamedService;
+    let image = ImageServiceServer::new(ImageServiceImpl(engine.clone()))
+        .max_decoding_message_size(max_message)
+        .max_encoding_message_size(max_message);
+    let health = HealthServiceServer::new(HealthServiceImpl {
+        engine: engine.clone(),
+        serving: serving.clone(),
+    })
+    .max_decoding_message_size(max_message)
+    .max_encoding_message_size(max_message);
+    let file = FileServiceServer::new(FileServiceImpl(engine.clone()))
+        .max_decoding_message_size(max_message)
+        .max_encoding_message_size(max_message);
+    let names = vec![
+        ImageServiceServer::<ImageServiceImpl>::NAME,
+        HealthServiceServer::<HealthServiceImpl>::NAME,
+        FileServiceServer::<FileServiceImpl>::NAME,
+    ];
+    let routes = tonic::service::Routes::new(image)
+        .add_service(health)
+        .add_service(file);
+    (routes, names)
 }
 
 /// Reads `compute.tls_*` into tonic's server TLS settings (None: plain TCP).

@@ -38,11 +38,13 @@ use crate::vocab::limits::{MAX_BOX_SIDE, MAX_FONT_SIZE, MAX_WATERMARK_TEXT_CHARS
 pub type CallHook =
     Arc<dyn Fn(&'static str, Option<SocketAddr>) -> BoxFuture<'static, ()> + Send + Sync>;
 
-/// State shared by the handlers.
+/// State shared by every service's handlers: the CPU pool, the limits, the metrics.
 #[derive(Clone)]
-pub struct ImageEngine {
+pub struct Engine {
     pub pool: CpuPool,
     pub limits: Limits,
+    /// FileService.Extract's limits.
+    pub archive: crate::compute::files::ArchiveLimits,
     pub metrics: ComputeMetrics,
     pub hook: Option<CallHook>,
 }
@@ -269,7 +271,7 @@ struct Done {
 }
 
 /// The metrics `result` label of a job the pool did not run: the ErrorInfo reason clients see.
-fn pool_reason(e: &PoolError) -> &'static str {
+pub(super) fn pool_reason(e: &PoolError) -> &'static str {
     match e {
         PoolError::QueueFull(_) => reason::QUEUE_FULL,
         PoolError::DeadlineExceeded => reason::DEADLINE,
@@ -277,8 +279,8 @@ fn pool_reason(e: &PoolError) -> &'static str {
     }
 }
 
-impl ImageEngine {
-    async fn before_call<T>(&self, method: &'static str, request: &Request<T>) {
+impl Engine {
+    pub(super) async fn before_call<T>(&self, method: &'static str, request: &Request<T>) {
         if let Some(hook) = &self.hook {
             hook(method, request.remote_addr()).await;
         }
@@ -335,7 +337,7 @@ impl ImageEngine {
 
 /// The ImageService: compress, resize, watermark, batch.
 #[derive(Clone)]
-pub struct ImageServiceImpl(pub Arc<ImageEngine>);
+pub struct ImageServiceImpl(pub Arc<Engine>);
 
 type ChunkStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<ProcessChunk, Status>> + Send>>;
 
@@ -545,7 +547,7 @@ fn failed_chunk(index: usize, original: i64, error: String) -> ProcessChunk {
 /// The contract's HealthService: SERVING while the server accepts work.
 #[derive(Clone)]
 pub struct HealthServiceImpl {
-    pub engine: Arc<ImageEngine>,
+    pub engine: Arc<Engine>,
     pub serving: Arc<std::sync::atomic::AtomicBool>,
 }
 

@@ -341,7 +341,12 @@ async fn both_health_services_report_serving_and_reflection_lists_the_services()
     assert_eq!(ours.status, ServingStatus::Serving as i32);
 
     let mut std_health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
-    for service in ["", "compute.ImageService", "compute.HealthService"] {
+    for service in [
+        "",
+        "compute.ImageService",
+        "compute.HealthService",
+        "compute.FileService",
+    ] {
         let r = std_health
             .check(tonic_health::pb::HealthCheckRequest {
                 service: service.into(),
@@ -378,6 +383,7 @@ async fn both_health_services_report_serving_and_reflection_lists_the_services()
     for want in [
         "compute.ImageService",
         "compute.HealthService",
+        "compute.FileService",
         "grpc.health.v1.Health",
     ] {
         assert!(names.iter().any(|n| n == want), "{names:?}");

@@ -12,6 +12,7 @@ mod browser;
 mod compute_grpc;
 mod e2e;
 mod edge_security;
+mod file_service;
 mod hostile;
 mod openapi;
 mod process_env;

@@ -37,9 +37,7 @@ pub struct Limits {
     pub avif_speed: u8,
 }
 
-/// Default AVIF encoder speed: a 24 MP photo in a few seconds on one core (see
-/// docs/benchmarks-ops.md), at a size still well under WebP's.
-pub const DEFAULT_AVIF_SPEED: u8 = 8;
+pub use crate::config::DEFAULT_AVIF_SPEED;
 
 /// An encoded result.
 #[derive(Debug, Clone)]
