@@ -858,6 +858,7 @@ fn default_routes() -> BTreeMap<String, String> {
     BTreeMap::from([
         ("compute.ImageService".to_string(), "heavy".to_string()),
         ("compute.HealthService".to_string(), "realtime".to_string()),
+        ("compute.FileService".to_string(), "heavy".to_string()),
     ])
 }
 

@@ -65,11 +65,6 @@ impl ComputeServer {
         self
     }
 
-    /// The server's metrics registry.
-    pub fn registry(&self) -> &Registry {
-        &self.registry
-    }
-
     /// Serves gRPC on `listener` (and `/metrics` on `metrics_listener`) until `shutdown`
     /// resolves; then stops accepting, reports NOT_SERVING, and lets in-flight calls finish
     /// for up to `drain_timeout`.

@@ -48,37 +48,6 @@ pub trait ReportsWork {
     fn work(&self) -> Option<Duration>;
 }
 
-/// `elapsed_ms` is truncated to whole milliseconds: count the middle of that millisecond.
-fn work_of(elapsed_ms: i64) -> Option<Duration> {
-    u64::try_from(elapsed_ms)
-        .ok()
-        .map(|ms| Duration::from_micros(ms * 1000 + 500))
-}
-
-impl ReportsWork for crate::proto::CompressResponse {
-    fn work(&self) -> Option<Duration> {
-        work_of(self.elapsed_ms)
-    }
-}
-
-impl ReportsWork for crate::proto::ResizeResponse {
-    fn work(&self) -> Option<Duration> {
-        work_of(self.elapsed_ms)
-    }
-}
-
-impl ReportsWork for crate::proto::WatermarkResponse {
-    fn work(&self) -> Option<Duration> {
-        work_of(self.elapsed_ms)
-    }
-}
-
-impl ReportsWork for crate::proto::HealthCheckResponse {
-    fn work(&self) -> Option<Duration> {
-        None
-    }
-}
-
 /// The queue in front of the permits of an adaptive lane: at most half its limit (at least
 /// one), so a call that waits is served within about half a call's time; a fixed lane keeps
 /// `max_queued` as configured.
@@ -273,13 +242,8 @@ impl Lane {
 
     /// Compute answered a health check on another lane that shares this lane's address: an
     /// open circuit probes with its next call instead of waiting out `circuit_open_for`.
-    pub fn compute_is_serving(&self) {
+    pub fn note_compute_serving(&self) {
         self.circuit.probe_now();
-    }
-
-    /// True when the lane's circuit is open (calls fail fast).
-    pub fn circuit_open(&self) -> bool {
-        self.circuit.is_open()
     }
 
     /// Waits up to the lane's queue wait for a permit, or sheds the call.

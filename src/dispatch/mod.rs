@@ -1,6 +1,7 @@
 //! The dispatcher: the routing table sends each RPC to a lane; each lane admits, sends and
 //! measures its calls on its own connections.
 //!
+//! - [`clients`]: one module per compute service (image, health, file) on one generic call;
 //! - [`lane`]: one bulkhead lane (admission, deadline, retries, metrics);
 //! - [`limiter`]: the lane's resizable permit counter;
 //! - [`adaptive`]: the controller that moves an adaptive lane's limit;
@@ -20,6 +21,7 @@
 pub mod adaptive;
 pub mod balancer;
 pub mod circuit;
+pub mod clients;
 pub mod connector;
 pub mod lane;
 pub mod limiter;
@@ -35,11 +37,8 @@ use prometheus::Registry;
 use tonic::Status;
 
 use crate::config::{Config, LaneConfig, Mode};
-use crate::proto::{
-    health_service_client::HealthServiceClient, image_service_client::ImageServiceClient,
-};
 use balancer::{Resolver, Upstream};
-use lane::{Lane, LaneStream};
+use lane::Lane;
 use metrics::{LaneMetricFamilies, LaneMetrics};
 use target::Target;
 
@@ -100,11 +99,9 @@ pub struct Dispatcher {
     _runtimes: Vec<LaneRuntime>,
 }
 
-pub const COMPRESS: &str = "compute.ImageService/Compress";
-pub const RESIZE: &str = "compute.ImageService/Resize";
-pub const WATERMARK: &str = "compute.ImageService/Watermark";
-pub const BATCH_PROCESS: &str = "compute.ImageService/BatchProcess";
-pub const HEALTH_CHECK: &str = "compute.HealthService/Check";
+pub use clients::file::{EXTRACT, FILE_COMPRESS};
+pub use clients::health::HEALTH_CHECK;
+pub use clients::image::{BATCH_PROCESS, COMPRESS, RESIZE, WATERMARK};
 
 /// A lane's settings on its pool. Lanes that share the one connection of `shared` mode (the
 /// seed's design, kept for comparison) report as one `shared` label whose limit is their sum,
@@ -215,15 +212,6 @@ impl Dispatcher {
         Ok(dispatcher)
     }
 
-    pub fn mode(&self) -> Mode {
-        self.mode
-    }
-
-    /// A lane by name (`heavy`, `realtime`).
-    pub fn lane(&self, name: &str) -> Option<&Arc<Lane>> {
-        self.lanes.get(name)
-    }
-
     /// The lane an RPC (`compute.ImageService/Compress`) is routed to: a method's own route
     /// wins over its service's; unrouted RPCs take the heavy lane.
     pub fn lane_for(&self, method: &str) -> &Arc<Lane> {
@@ -254,133 +242,6 @@ impl Dispatcher {
             metrics.limit.set(total as i64);
             metrics.limit_min.set(total as i64);
             metrics.limit_max.set(total as i64);
-        }
-    }
-
-    fn max_message(lane: &Lane) -> usize {
-        lane.config().max_message_size.as_usize()
-    }
-
-    fn image_client(
-        lane: &Lane,
-        channel: tonic::transport::Channel,
-    ) -> ImageServiceClient<tonic::transport::Channel> {
-        let max = Self::max_message(lane);
-        ImageServiceClient::new(channel)
-            .max_decoding_message_size(max)
-            .max_encoding_message_size(max)
-    }
-
-    pub async fn compress(
-        &self,
-        req: crate::proto::CompressRequest,
-    ) -> Result<crate::proto::CompressResponse, DispatchError> {
-        let lane = self.lane_for(COMPRESS);
-        lane.unary(COMPRESS, req, |ch, r| async move {
-            Self::image_client(lane, ch).compress(r).await
-        })
-        .await
-    }
-
-    pub async fn resize(
-        &self,
-        req: crate::proto::ResizeRequest,
-    ) -> Result<crate::proto::ResizeResponse, DispatchError> {
-        let lane = self.lane_for(RESIZE);
-        lane.unary(RESIZE, req, |ch, r| async move {
-            Self::image_client(lane, ch).resize(r).await
-        })
-        .await
-    }
-
-    pub async fn watermark(
-        &self,
-        req: crate::proto::WatermarkRequest,
-    ) -> Result<crate::proto::WatermarkResponse, DispatchError> {
-        let lane = self.lane_for(WATERMARK);
-        lane.unary(WATERMARK, req, |ch, r| async move {
-            Self::image_client(lane, ch).watermark(r).await
-        })
-        .await
-    }
-
-    pub async fn batch_process(
-        &self,
-        req: crate::proto::BatchProcessRequest,
-    ) -> Result<LaneStream<crate::proto::ProcessChunk>, DispatchError> {
-        let lane = self.lane_for(BATCH_PROCESS);
-        lane.server_streaming(BATCH_PROCESS, req, |ch, r| async move {
-            Self::image_client(lane, ch).batch_process(r).await
-        })
-        .await
-    }
-
-    /// Asks compute's HealthService within `timeout` (or the lane's deadline if shorter),
-    /// admission included: the lane enforces it, so a hung compute shows in its metrics and
-    /// its endpoint is ejected like any other that fails.
-    pub async fn health_check(
-        &self,
-        timeout: Duration,
-    ) -> Result<crate::proto::ServingStatus, DispatchError> {
-        let lane = self.lane_for(HEALTH_CHECK);
-        let response = lane
-            .unary_within(
-                HEALTH_CHECK,
-                Some(timeout),
-                crate::proto::HealthCheckRequest::default(),
-                |ch, r| async move {
-                    let max = Self::max_message(lane);
-                    HealthServiceClient::new(ch)
-                        .max_decoding_message_size(max)
-                        .max_encoding_message_size(max)
-                        .check(r)
-                        .await
-                },
-            )
-            .await;
-        self.share_endpoint_health(lane);
-        let response = response?;
-        let status = crate::proto::ServingStatus::try_from(response.status)
-            .unwrap_or(crate::proto::ServingStatus::Unknown);
-        if status == crate::proto::ServingStatus::Serving {
-            self.compute_is_serving(lane.name());
-        }
-        Ok(status)
-    }
-
-    /// After a health check: every other lane sending to the same compute follows `checked`'s
-    /// view of each endpoint (out of rotation while its health checks fail, back when they
-    /// pass), so a replica that hangs costs the heavy lane nothing once `/health` found it.
-    fn share_endpoint_health(&self, checked: &Lane) {
-        let Some(address) = self.addresses.get(checked.name()) else {
-            return;
-        };
-        let endpoints = checked.upstream().endpoints();
-        for (name, lane) in &self.lanes {
-            if name == checked.name() || self.addresses.get(name) != Some(address) {
-                continue;
-            }
-            if Arc::ptr_eq(lane.upstream(), checked.upstream()) {
-                continue; // shared mode: one pool
-            }
-            for endpoint in endpoints.iter() {
-                lane.upstream()
-                    .follow_peer(&endpoint.address, endpoint.is_ejected());
-            }
-        }
-    }
-
-    /// Compute at `checked`'s address answered SERVING: the other lanes sending there stop
-    /// failing fast now (their open circuits probe with the next call) rather than after
-    /// `circuit_open_for`, so heavy calls recover with `/health`, not seconds later.
-    fn compute_is_serving(&self, checked: &str) {
-        let Some(address) = self.addresses.get(checked) else {
-            return;
-        };
-        for (name, lane) in &self.lanes {
-            if name != checked && self.addresses.get(name) == Some(address) {
-                lane.compute_is_serving();
-            }
         }
     }
 }

@@ -1156,7 +1156,7 @@ async fn a_call_dropped_before_its_end_is_recorded_as_cancelled() {
             .await
         })
     };
-    let heavy = dispatcher.lane("heavy").unwrap().clone();
+    let heavy = dispatcher.lane_for(imagegate::dispatch::COMPRESS).clone();
     assert!(
         eventually(Duration::from_secs(20), async || heavy
             .metrics()

@@ -1,0 +1,48 @@
+//! The FileService client: general-purpose compression and archive extraction, on the lane
+//! routed for each (heavy by default: archives are payloads). The batch route opens ZIP and
+//! tar parts with [`Dispatcher::extract`].
+
+use super::{service_client, work_of};
+use crate::dispatch::lane::ReportsWork;
+use crate::dispatch::{DispatchError, Dispatcher};
+use crate::proto::file_service_client::FileServiceClient;
+use crate::proto::{ExtractRequest, ExtractResponse, FileCompressRequest, FileCompressResponse};
+
+pub const FILE_COMPRESS: &str = "compute.FileService/Compress";
+pub const EXTRACT: &str = "compute.FileService/Extract";
+
+service_client!(FileServiceClient);
+type Client = FileServiceClient<tonic::transport::Channel>;
+
+impl ReportsWork for FileCompressResponse {
+    fn work(&self) -> Option<std::time::Duration> {
+        work_of(self.elapsed_ms)
+    }
+}
+
+impl ReportsWork for ExtractResponse {
+    /// Extract reports no work time: the adaptive limit does not judge its wait.
+    fn work(&self) -> Option<std::time::Duration> {
+        None
+    }
+}
+
+impl Dispatcher {
+    pub async fn file_compress(
+        &self,
+        req: FileCompressRequest,
+    ) -> Result<FileCompressResponse, DispatchError> {
+        self.call_unary(FILE_COMPRESS, None, req, |mut c: Client, r| async move {
+            c.compress(r).await
+        })
+        .await
+    }
+
+    /// The regular files of a ZIP or tar archive, in archive order.
+    pub async fn extract(&self, req: ExtractRequest) -> Result<ExtractResponse, DispatchError> {
+        self.call_unary(EXTRACT, None, req, |mut c: Client, r| async move {
+            c.extract(r).await
+        })
+        .await
+    }
+}

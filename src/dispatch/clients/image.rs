@@ -1,0 +1,74 @@
+//! The ImageService client: the image operations, on the lane routed for each (heavy by
+//! default).
+
+use super::{service_client, work_of};
+use crate::dispatch::lane::{LaneStream, ReportsWork};
+use crate::dispatch::{DispatchError, Dispatcher};
+use crate::proto::image_service_client::ImageServiceClient;
+use crate::proto::{
+    BatchProcessRequest, CompressRequest, CompressResponse, ProcessChunk, ResizeRequest,
+    ResizeResponse, WatermarkRequest, WatermarkResponse,
+};
+
+pub const COMPRESS: &str = "compute.ImageService/Compress";
+pub const RESIZE: &str = "compute.ImageService/Resize";
+pub const WATERMARK: &str = "compute.ImageService/Watermark";
+pub const BATCH_PROCESS: &str = "compute.ImageService/BatchProcess";
+
+service_client!(ImageServiceClient);
+type Client = ImageServiceClient<tonic::transport::Channel>;
+
+impl ReportsWork for CompressResponse {
+    fn work(&self) -> Option<std::time::Duration> {
+        work_of(self.elapsed_ms)
+    }
+}
+
+impl ReportsWork for ResizeResponse {
+    fn work(&self) -> Option<std::time::Duration> {
+        work_of(self.elapsed_ms)
+    }
+}
+
+impl ReportsWork for WatermarkResponse {
+    fn work(&self) -> Option<std::time::Duration> {
+        work_of(self.elapsed_ms)
+    }
+}
+
+impl Dispatcher {
+    pub async fn compress(&self, req: CompressRequest) -> Result<CompressResponse, DispatchError> {
+        self.call_unary(COMPRESS, None, req, |mut c: Client, r| async move {
+            c.compress(r).await
+        })
+        .await
+    }
+
+    pub async fn resize(&self, req: ResizeRequest) -> Result<ResizeResponse, DispatchError> {
+        self.call_unary(RESIZE, None, req, |mut c: Client, r| async move {
+            c.resize(r).await
+        })
+        .await
+    }
+
+    pub async fn watermark(
+        &self,
+        req: WatermarkRequest,
+    ) -> Result<WatermarkResponse, DispatchError> {
+        self.call_unary(WATERMARK, None, req, |mut c: Client, r| async move {
+            c.watermark(r).await
+        })
+        .await
+    }
+
+    /// One chunk per image as compute finishes it.
+    pub async fn batch_process(
+        &self,
+        req: BatchProcessRequest,
+    ) -> Result<LaneStream<ProcessChunk>, DispatchError> {
+        self.call_streaming(BATCH_PROCESS, req, |mut c: Client, r| async move {
+            c.batch_process(r).await
+        })
+        .await
+    }
+}
