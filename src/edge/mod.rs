@@ -6,6 +6,7 @@
 //! - [`auth`]: optional API keys, checked on the request head before any body is read;
 //! - [`intake`]: streaming multipart with limits and magic-byte sniffing;
 //! - [`params`]: form fields → gRPC requests;
+//! - [`archives`]: ZIP/tar parts of a batch, opened by compute's FileService, one item per image;
 //! - [`problem`]: errors → RFC 9457 problem+json, in one place;
 //! - [`uploads`]: upload-and-store and serving stored images back;
 //! - [`page`]: the upload page at `/` and `/openapi.json`, embedded in the binary.
@@ -16,6 +17,7 @@
 //! The [`Dispatcher`] is built once, outside the per-worker app factory, and shared: state
 //! built inside the factory would be multiplied by the worker count, and so would its limits.
 
+pub mod archives;
 pub mod auth;
 pub mod cors;
 pub mod intake;

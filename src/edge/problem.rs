@@ -210,7 +210,13 @@ pub fn from_status(status: &tonic::Status) -> Problem {
         (Code::InvalidArgument, Some(reason::PIXEL_LIMIT)) => {
             Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "pixel-limit", message)
         }
+        (Code::InvalidArgument, Some(reason::UNDECODABLE_ARCHIVE)) => Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "undecodable-archive",
+            message,
+        ),
         (Code::InvalidArgument, _) => Problem::bad_request(message),
+        (Code::ResourceExhausted, Some(reason::ARCHIVE_LIMIT)) => Problem::too_large(message),
         (Code::ResourceExhausted, Some(reason::QUEUE_FULL)) => {
             Problem::unavailable("compute-busy", message, COMPUTE_RETRY_AFTER)
         }

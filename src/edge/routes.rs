@@ -227,11 +227,27 @@ async fn batch(
     let form = read_form(&req, payload, limits(&state), &state.body_budget, &spec).await?;
     let operation = params::batch_operation(&form)?;
     let auto_format = params::varies_with_accept(&form);
-    let images: Vec<Bytes> = form.files.iter().map(|f| f.data.clone()).collect();
-    if images.is_empty() {
+    if form.files.is_empty() {
         return Err(Problem::bad_request("at least one `file` part is required"));
     }
-    let total = images.len();
+    let max_items = limits(&state).max_files;
+    let items = super::archives::expand(&state.dispatcher, &form.files, max_items).await?;
+    let total = items.len();
+    // What goes to compute, and where each of its answers belongs among the items.
+    let mut images = Vec::with_capacity(total);
+    let mut item_of_image = Vec::with_capacity(total);
+    let mut failed_here = VecDeque::new();
+    let mut names = Vec::with_capacity(total);
+    for (index, item) in items.into_iter().enumerate() {
+        names.push(item.name().map(str::to_string));
+        match item {
+            super::archives::Item::Image { data, .. } => {
+                images.push(data);
+                item_of_image.push(index);
+            }
+            super::archives::Item::Failed { error, .. } => failed_here.push_back((index, error)),
+        }
+    }
     let max_message = state
         .dispatcher
         .lane_for(crate::dispatch::BATCH_PROCESS)
@@ -241,21 +257,29 @@ async fn batch(
     let mut groups = split_batch(images, max_message);
     // Open the first call before answering, so a saturated lane or a dead compute is a plain
     // 503/504, not a 200 stream that fails at once.
-    let (offset, first) = groups.pop_front().expect("at least one image");
-    let first_len = first.len();
-    let stream = state
-        .dispatcher
-        .batch_process(BatchProcessRequest {
-            images: first,
-            operation: Some(operation.clone()),
-        })
-        .await?;
+    let current = match groups.pop_front() {
+        Some((offset, first)) => {
+            let first_len = first.len();
+            let stream = state
+                .dispatcher
+                .batch_process(BatchProcessRequest {
+                    images: first,
+                    operation: Some(operation.clone()),
+                })
+                .await?;
+            Some((offset, first_len, 0, stream))
+        }
+        None => None, // every item already failed at the edge
+    };
     let run = BatchRun {
         dispatcher: state.dispatcher.clone(),
         store: state.store.clone(),
         operation,
         groups,
-        current: Some((offset, first_len, 0, stream)),
+        current,
+        item_of_image,
+        names,
+        failed_here,
         total,
         succeeded: 0,
         failed: 0,
@@ -293,6 +317,12 @@ struct BatchRun {
     groups: VecDeque<(usize, Vec<Bytes>)>,
     /// (offset of the group, images in it, chunks seen, stream)
     current: Option<(usize, usize, usize, LaneStream<ProcessChunk>)>,
+    /// The item each image sent to compute is (items failed at the edge are not sent).
+    item_of_image: Vec<usize>,
+    /// Each item's name inside its archive (None for a plain file part).
+    names: Vec<Option<String>>,
+    /// Items failed at the edge (archive entries that are not images): told first.
+    failed_here: VecDeque<(usize, String)>,
     total: usize,
     succeeded: usize,
     failed: usize,
@@ -322,6 +352,16 @@ impl BatchRun {
         })
     }
 
+    /// A `progress` event for item `index`: `fields`, the index, and the item's name inside
+    /// its archive if it came from one.
+    fn progress(&self, index: usize, mut fields: serde_json::Value) -> SseResult {
+        fields["index"] = json!(index);
+        if let Some(Some(name)) = self.names.get(index) {
+            fields["name"] = json!(name);
+        }
+        json_event("progress", fields)
+    }
+
     fn fail(&mut self, problem: Problem) -> Option<SseResult> {
         self.finished = true;
         self.current = None;
@@ -333,11 +373,16 @@ impl BatchRun {
             if self.finished {
                 return None;
             }
+            if let Some((index, error)) = self.failed_here.pop_front() {
+                self.failed += 1;
+                return Some(self.progress(index, json!({"success": false, "error": error})));
+            }
             if let Some((offset, len, seen, stream)) = &mut self.current {
                 match stream.next().await {
                     Some(Ok(chunk)) => {
                         *seen += 1;
-                        let index = *offset + chunk.index.max(0) as usize;
+                        let image = *offset + chunk.index.max(0) as usize;
+                        let index = self.item_of_image.get(image).copied().unwrap_or(image);
                         let stored = if chunk.success {
                             Some(self.store.put(chunk.image_data).await)
                         } else {
@@ -345,10 +390,9 @@ impl BatchRun {
                         };
                         return Some(if let Some(Ok(stored)) = stored {
                             self.succeeded += 1;
-                            json_event(
-                                "progress",
+                            self.progress(
+                                index,
                                 json!({
-                                    "index": index,
                                     "success": true,
                                     "original_size": chunk.original_size,
                                     "output_size": chunk.output_size,
@@ -360,16 +404,10 @@ impl BatchRun {
                             // Processed but not kept: this image fails, the batch goes on.
                             self.failed += 1;
                             let problem = Problem::from(e);
-                            json_event(
-                                "progress",
-                                json!({"index": index, "success": false, "error": problem.detail}),
-                            )
+                            self.progress(index, json!({"success": false, "error": problem.detail}))
                         } else {
                             self.failed += 1;
-                            json_event(
-                                "progress",
-                                json!({"index": index, "success": false, "error": chunk.error}),
-                            )
+                            self.progress(index, json!({"success": false, "error": chunk.error}))
                         });
                     }
                     Some(Err(e)) => return self.fail(e.into()),

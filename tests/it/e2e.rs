@@ -124,25 +124,6 @@ async fn every_image_endpoint_returns_a_real_image() {
     assert_eq!(decode(&r.bytes().await.unwrap()).width(), 300);
 }
 
-/// Parses an SSE body into (event, data) pairs.
-fn sse_events(body: &str) -> Vec<(String, Value)> {
-    body.split("\n\n")
-        .filter(|block| !block.trim().is_empty())
-        .filter_map(|block| {
-            let mut event = String::from("message");
-            let mut data = String::new();
-            for line in block.lines() {
-                if let Some(e) = line.strip_prefix("event:") {
-                    event = e.trim().to_string();
-                } else if let Some(d) = line.strip_prefix("data:") {
-                    data.push_str(d.trim_start());
-                }
-            }
-            (!data.is_empty()).then(|| (event, serde_json::from_str(&data).unwrap()))
-        })
-        .collect()
-}
-
 #[tokio::test]
 async fn batch_streams_progress_per_image_then_done() {
     let compute = start_compute(compute_config(), None);

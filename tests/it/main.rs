@@ -8,6 +8,7 @@
 
 mod support;
 
+mod batch_archives;
 mod browser;
 mod compute_grpc;
 mod e2e;

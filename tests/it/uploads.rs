@@ -626,25 +626,6 @@ fn a_data_directory_that_cannot_be_created_is_a_start_error_naming_the_key() {
     assert!(e.to_string().contains("store.dir"), "{e}");
 }
 
-/// Parses an SSE body into (event, data) pairs.
-fn sse_events(body: &str) -> Vec<(String, Value)> {
-    body.split("\n\n")
-        .filter(|block| !block.trim().is_empty())
-        .filter_map(|block| {
-            let mut event = String::from("message");
-            let mut data = String::new();
-            for line in block.lines() {
-                if let Some(e) = line.strip_prefix("event:") {
-                    event = e.trim().to_string();
-                } else if let Some(d) = line.strip_prefix("data:") {
-                    data.push_str(d.trim_start());
-                }
-            }
-            (!data.is_empty()).then(|| (event, serde_json::from_str(&data).unwrap()))
-        })
-        .collect()
-}
-
 #[tokio::test]
 async fn batch_progress_events_carry_a_url_that_serves_the_image() {
     let dir = TempDir::new("batch");

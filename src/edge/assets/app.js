@@ -227,7 +227,7 @@
     var plan = indexPlan(selected);
     selected.forEach(function (file, i) {
       var row = makeRow({ index: plan[i], name: file.name, size: file.size, file: i, archive: isArchive(file) });
-      row.status.textContent = isArchive(file) ? 'Archive: not expanded yet, the server will refuse it as an unsupported format.' : 'Ready to upload.';
+      row.status.textContent = isArchive(file) ? 'Archive: the server unpacks it; each image inside becomes one item.' : 'Ready to upload.';
       var remove = el('button', 'button button-quiet button-small remove', 'Remove');
       remove.type = 'button';
       remove.setAttribute('aria-label', 'Remove ' + file.name);
@@ -266,7 +266,8 @@
 
     var body = el('div', 'result-body');
     var head = el('div', 'result-head');
-    head.appendChild(el('span', 'result-name', opts.name));
+    var nameEl = el('span', 'result-name', opts.name);
+    head.appendChild(nameEl);
     if (typeof opts.size === 'number') head.appendChild(el('span', 'result-size', formatBytes(opts.size)));
     body.appendChild(head);
 
@@ -290,7 +291,7 @@
     li.appendChild(preview);
     li.appendChild(body);
     return { li: li, preview: preview, progress: progress, status: status, stats: stats, actions: actions,
-      name: opts.name, size: opts.size, archive: !!opts.archive, finished: false };
+      nameEl: nameEl, name: opts.name, size: opts.size, archive: !!opts.archive, finished: false };
   }
 
   function clearResults() {
@@ -540,6 +541,7 @@
     if (typeof p.index !== 'number') return;
     enterProcessing(r);
     var row = rowFor(r, p.index);
+    if (p.name && row.li.classList.contains('item') && row.nameEl) row.nameEl.textContent = p.name;
     if (row.finished) return;
     row.finished = true;
     r.settled++;
