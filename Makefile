@@ -48,7 +48,8 @@ browser-deps: ## headless Chromium + ChromeDriver for tests/it/browser.rs (Debia
 test: deps test-deps browser-deps ## the whole test suite (unit, integration, end-to-end, a real browser)
 	$(CARGO) test --tests
 
-lint: lint-deploy ## lint-deploy, then rustfmt check and clippy with warnings as errors
+lint: lint-deploy ## lint-deploy, the import directions, then rustfmt check and clippy with warnings as errors
+	scripts/check-layers.sh
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
 

@@ -20,7 +20,7 @@ use tower::retry::budget::{Budget, TpsBudget};
 
 use super::adaptive::{AdaptiveLimit, Signal};
 use super::balancer::{Outcome, Picked, Upstream};
-use super::circuit::{Circuit, Ticket};
+use super::circuit::{Circuit, CircuitSettings, Ticket};
 use super::limiter::{Limiter, Permit};
 use super::metrics::{code_name, rejected, LaneMetrics};
 use super::DispatchError;
@@ -108,7 +108,7 @@ impl Lane {
             adaptive: Mutex::new(adaptive),
             name: name.to_string(),
             budget: ArcSwap::from_pointee(budget_for(&config)),
-            circuit: Arc::new(Circuit::new(config.circuit())),
+            circuit: Arc::new(Circuit::new(CircuitSettings::of(&config))),
             config: ArcSwap::from_pointee(config),
             limiter,
             upstream,
@@ -171,7 +171,7 @@ impl Lane {
         };
         self.limiter.set_limit(limit);
         self.limiter.set_max_queued(max_queued_for(&config, limit));
-        self.circuit.set_settings(config.circuit());
+        self.circuit.set_settings(CircuitSettings::of(&config));
         self.upstream.set_eject((&config).into());
         self.metrics.limit.set(limit as i64);
         publish_bounds(&self.metrics, &config);

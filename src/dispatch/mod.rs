@@ -8,7 +8,6 @@
 //! - [`circuit`]: the lane's circuit breaker;
 //! - [`balancer`]: the lane's compute replicas — least-in-flight choice, ejection of failing
 //!   endpoints, `dns://` re-resolution;
-//! - [`target`]: parsing the compute address (one, a list, or `dns://`);
 //! - [`pool`]: the lane's channels to one compute endpoint (deadpool-managed);
 //! - [`connector`]: the metered TCP connector every connection goes through;
 //! - [`metrics`]: the `imagegate_lane_*` families.
@@ -27,7 +26,6 @@ pub mod lane;
 pub mod limiter;
 pub mod metrics;
 pub mod pool;
-pub mod target;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -36,11 +34,11 @@ use std::time::Duration;
 use prometheus::Registry;
 use tonic::Status;
 
+use crate::config::target::Target;
 use crate::config::{Config, LaneConfig, Mode};
 use balancer::{Resolver, Upstream};
 use lane::Lane;
 use metrics::{LaneMetricFamilies, LaneMetrics};
-use target::Target;
 
 /// Why a call through the dispatcher failed.
 #[derive(Debug, thiserror::Error)]

@@ -17,197 +17,18 @@
 //! paths no route matches (they answer 404 either way). The keys in force are read from the
 //! reloader on every request, so a reload swaps them without a restart.
 
-use std::fmt;
-
 use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::{header, Method};
 use actix_web::middleware::Next;
 use actix_web::{web, ResponseError};
-use serde::de::{self, SeqAccess, Visitor};
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
-use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
 
 use super::problem::Problem;
 use super::AppState;
+pub use crate::config::ApiKeys;
 
 /// Header of the second way to send a key.
 pub const API_KEY_HEADER: &str = "x-api-key";
-
-/// Longest key accepted in the config (a header value of that size is already unusual).
-const MAX_KEY_LEN: usize = 1024;
-
-/// The configured API keys. Written as a TOML list or as one comma-separated string (the
-/// natural form of an environment variable: `IMAGEGATE_BFF__API_KEYS="k1,k2"`).
-///
-/// `Debug` prints only how many keys there are, so a logged config never shows one.
-#[derive(Clone, Default)]
-pub struct ApiKeys {
-    keys: Vec<String>,
-    /// SHA-256 of each key, computed once: requests compare digests, never raw strings.
-    digests: Vec<[u8; 32]>,
-}
-
-impl ApiKeys {
-    pub fn new<I, S>(keys: I) -> Self
-    where
-        I: IntoIterator<Item = S>,
-        S: Into<String>,
-    {
-        let keys: Vec<String> = keys.into_iter().map(Into::into).collect();
-        let digests = keys.iter().map(|k| digest(k.as_bytes())).collect();
-        ApiKeys { keys, digests }
-    }
-
-    /// No keys: authentication is off.
-    pub fn is_empty(&self) -> bool {
-        self.keys.is_empty()
-    }
-
-    pub fn len(&self) -> usize {
-        self.keys.len()
-    }
-
-    /// Whether `presented` is one of the keys, in time that does not depend on which key
-    /// (or how much of one) matched.
-    pub fn accepts(&self, presented: &[u8]) -> bool {
-        let presented = digest(presented);
-        let mut any = subtle::Choice::from(0u8);
-        for d in &self.digests {
-            any |= d.ct_eq(&presented);
-        }
-        any.into()
-    }
-
-    /// Config validation; messages name the key's position, never its value.
-    pub fn validate(&self, errors: &mut Vec<String>) {
-        for (i, key) in self.keys.iter().enumerate() {
-            let n = i + 1;
-            if key.is_empty() {
-                errors.push(format!("bff.api_keys: key #{n} is empty"));
-            } else if key.len() > MAX_KEY_LEN {
-                errors.push(format!(
-                    "bff.api_keys: key #{n} is longer than {MAX_KEY_LEN} characters"
-                ));
-            } else if !key.bytes().all(|b| b.is_ascii_graphic()) {
-                // Anything else cannot travel reliably in an HTTP header.
-                errors.push(format!(
-                    "bff.api_keys: key #{n} has a space, control or non-ASCII character; keys are visible ASCII"
-                ));
-            }
-        }
-    }
-}
-
-fn digest(bytes: &[u8]) -> [u8; 32] {
-    Sha256::digest(bytes).into()
-}
-
-impl PartialEq for ApiKeys {
-    fn eq(&self, other: &Self) -> bool {
-        self.keys == other.keys
-    }
-}
-
-impl fmt::Debug for ApiKeys {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "ApiKeys(<{} redacted>)", self.keys.len())
-    }
-}
-
-impl Serialize for ApiKeys {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        self.keys.serialize(s)
-    }
-}
-
-impl<'de> Deserialize<'de> for ApiKeys {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(KeysVisitor).map(ApiKeys::new)
-    }
-}
-
-/// Error messages here never include the offending value: it may be a key.
-const NOT_A_STRING: &str = "an API key was read as a number or a boolean; write keys as strings \
-     (in the environment, quote an all-digit key: IMAGEGATE_BFF__API_KEYS='\"0123\"')";
-
-struct KeysVisitor;
-
-impl<'de> Visitor<'de> for KeysVisitor {
-    type Value = Vec<String>;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a list of strings or one comma-separated string")
-    }
-
-    /// The environment form: `"k1,k2"`. Blank entries (a trailing comma, or an empty
-    /// variable meaning "no keys") are dropped; surrounding spaces are trimmed.
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-        Ok(v.split(',')
-            .map(str::trim)
-            .filter(|k| !k.is_empty())
-            .map(String::from)
-            .collect())
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-        let mut keys = Vec::new();
-        while let Some(key) = seq.next_element::<KeyString>()? {
-            keys.push(key.0);
-        }
-        Ok(keys)
-    }
-
-    // figment reads an all-digit environment value as a number ("0123" → 123): refuse it
-    // rather than compare against a silently changed key.
-    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
-        Err(E::custom(NOT_A_STRING))
-    }
-
-    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
-        Err(E::custom(NOT_A_STRING))
-    }
-
-    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
-        Err(E::custom(NOT_A_STRING))
-    }
-
-    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
-        Err(E::custom(NOT_A_STRING))
-    }
-}
-
-/// One list entry; like [`KeysVisitor`], its errors never echo the value.
-struct KeyString(String);
-
-impl<'de> Deserialize<'de> for KeyString {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl Visitor<'_> for V {
-            type Value = String;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a string")
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<String, E> {
-                Ok(v.to_string())
-            }
-            fn visit_i64<E: de::Error>(self, _: i64) -> Result<String, E> {
-                Err(E::custom(NOT_A_STRING))
-            }
-            fn visit_u64<E: de::Error>(self, _: u64) -> Result<String, E> {
-                Err(E::custom(NOT_A_STRING))
-            }
-            fn visit_f64<E: de::Error>(self, _: f64) -> Result<String, E> {
-                Err(E::custom(NOT_A_STRING))
-            }
-            fn visit_bool<E: de::Error>(self, _: bool) -> Result<String, E> {
-                Err(E::custom(NOT_A_STRING))
-            }
-        }
-        d.deserialize_any(V).map(KeyString)
-    }
-}
 
 /// Routes anyone may call. Exact patterns, so a new route is protected unless listed here.
 const PUBLIC_PATTERNS: &[&str] = &[
@@ -311,6 +132,7 @@ pub async fn require_api_key(
 mod tests {
     use super::*;
     use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
+    use serde::Deserialize;
 
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
