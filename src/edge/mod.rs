@@ -1,6 +1,7 @@
 //! The HTTP edge: an Actix-web server with the routes of CONTRACT §2.
 //!
 //! - [`routes`]: handlers, from multipart in to image or SSE out;
+//! - [`resource`]: how routes are declared (405s, HEAD), the 404, what every handler shares;
 //! - [`request_context`]: the outermost layer: request id, trace context, access log;
 //! - [`cors`]: browsers on other origins (`[bff.cors]`), answered before authentication;
 //! - [`auth`]: optional API keys, checked on the request head before any body is read;
@@ -25,6 +26,7 @@ pub mod page;
 pub mod params;
 pub mod problem;
 pub mod request_context;
+pub mod resource;
 pub mod routes;
 pub mod uploads;
 
@@ -200,7 +202,7 @@ impl Bff {
                         routes::configure_admin(cfg);
                     }
                 })
-                .default_service(web::to(routes::not_found))
+                .default_service(web::to(resource::not_found))
         })
         .workers(workers)
         .disable_signals()
@@ -220,7 +222,7 @@ impl Bff {
                         .wrap(from_fn(record_http_metrics))
                         .wrap(from_fn(request_context::request_context))
                         .configure(routes::configure_admin)
-                        .default_service(web::to(routes::not_found))
+                        .default_service(web::to(resource::not_found))
                 })
                 .workers(1)
                 .disable_signals()

@@ -10,7 +10,7 @@
 use actix_web::http::header;
 use actix_web::{web, HttpResponse};
 
-use super::routes::get;
+use super::resource::get;
 
 const INDEX_HTML: &str = include_str!("assets/index.html");
 const APP_JS: &str = include_str!("assets/app.js");

@@ -11,9 +11,10 @@ use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use serde_json::json;
 
-use super::intake::{read_form, FormSpec, Limits};
+use super::intake::{read_form, FormSpec};
 use super::params;
 use super::problem::Problem;
+use super::resource::{get, limits, post, required_file, vary_accept};
 use super::AppState;
 use crate::dispatch::lane::LaneStream;
 use crate::dispatch::Dispatcher;
@@ -38,59 +39,8 @@ pub fn configure_admin(cfg: &mut web::ServiceConfig) {
         .service(post("/admin/reload", reload));
 }
 
-pub(super) fn post<F, Args>(path: &str, handler: F) -> actix_web::Resource
-where
-    F: actix_web::Handler<Args>,
-    Args: actix_web::FromRequest + 'static,
-    F::Output: actix_web::Responder + 'static,
-{
-    web::resource(path)
-        .route(web::post().to(handler))
-        .default_service(web::to(method_not_allowed))
-}
-
-pub(super) fn get<F, Args>(path: &str, handler: F) -> actix_web::Resource
-where
-    F: actix_web::Handler<Args> + Clone,
-    Args: actix_web::FromRequest + 'static,
-    F::Output: actix_web::Responder + 'static,
-{
-    web::resource(path)
-        .route(web::get().to(handler.clone()))
-        .route(web::head().to(handler))
-        .default_service(web::to(method_not_allowed))
-}
-
-async fn method_not_allowed(req: HttpRequest) -> HttpResponse {
-    use actix_web::ResponseError;
-    Problem::new(
-        actix_web::http::StatusCode::METHOD_NOT_ALLOWED,
-        "method-not-allowed",
-        format!("{} is not allowed on {}", req.method(), req.path()),
-    )
-    .error_response()
-}
-
-/// Default service: unknown paths.
-pub async fn not_found(req: HttpRequest) -> HttpResponse {
-    use actix_web::ResponseError;
-    Problem::not_found(format!("no route for {} {}", req.method(), req.path())).error_response()
-}
-
-/// The intake limits in force (a reload may have changed them since the start).
-pub(super) fn limits(state: &AppState) -> Limits {
-    Limits::from_config(&state.reloader.current().bff)
-}
-
 fn content_type(data: &[u8]) -> &'static str {
     Format::sniff(data).map_or("application/octet-stream", Format::content_type)
-}
-
-/// `Vary: Accept` on an answer whose format `format=auto` chose from the `Accept` header.
-pub(super) fn vary_accept(r: &mut actix_web::HttpResponseBuilder, form: &super::intake::Form) {
-    if params::varies_with_accept(form) {
-        r.append_header((header::VARY, "Accept"));
-    }
 }
 
 fn image_response(
@@ -113,12 +63,6 @@ const SINGLE: FormSpec = FormSpec {
     text_fields: &[],
     many_files: false,
 };
-
-pub(super) fn required_file(form: &super::intake::Form) -> Result<Bytes, Problem> {
-    form.file("file")
-        .map(|f| f.data.clone())
-        .ok_or_else(|| Problem::bad_request("the `file` part is required"))
-}
 
 async fn compress(
     req: HttpRequest,

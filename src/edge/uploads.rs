@@ -15,7 +15,7 @@ use serde_json::json;
 use super::intake::{read_form, FormSpec};
 use super::params;
 use super::problem::Problem;
-use super::routes::{get, post};
+use super::resource::{get, limits, post, required_file, vary_accept};
 use super::AppState;
 use crate::store::{ObjectId, ObjectInfo, Stored};
 
@@ -42,22 +42,15 @@ async fn upload(
         text_fields: params::COMPRESS_FIELDS,
         many_files: false,
     };
-    let form = read_form(
-        &req,
-        payload,
-        super::routes::limits(&state),
-        &state.body_budget,
-        &spec,
-    )
-    .await?;
-    let file = super::routes::required_file(&form)?;
+    let form = read_form(&req, payload, limits(&state), &state.body_budget, &spec).await?;
+    let file = required_file(&form)?;
     let request = params::compress_request(&form, file)?;
     let r = state.dispatcher.compress(request).await?;
     let Stored { id, size, .. } = state.store.put(r.image_data).await?;
     let url = url_of(&id);
     let ratio = r.original_size as f64 / size.max(1) as f64;
     let mut response = HttpResponse::Created();
-    super::routes::vary_accept(&mut response, &form);
+    vary_accept(&mut response, &form);
     Ok(response
         .insert_header((header::LOCATION, url.clone()))
         .json(json!({

@@ -14,7 +14,7 @@ use image::metadata::Orientation;
 use image::{DynamicImage, ImageDecoder, ImageError, ImageFormat, ImageReader, RgbImage};
 use mozjpeg::{ColorSpace, Decompress, Marker};
 
-use super::{panic_message, resize, sniff, Format, Limits, OpError, ResizeSpec};
+use super::{panic_message, resize, sniff, to_rgb8_or_rgba8, Format, Limits, OpError, ResizeSpec};
 
 /// A decoded, upright image.
 pub(crate) struct Decoded {
@@ -380,15 +380,6 @@ fn decode_with_image(
         full_width,
         full_height,
     })
-}
-
-/// Normalise to the two layouts the pipeline handles (16-bit and gray sources included).
-pub(crate) fn to_rgb8_or_rgba8(image: DynamicImage) -> DynamicImage {
-    match image {
-        DynamicImage::ImageRgb8(_) | DynamicImage::ImageRgba8(_) => image,
-        other if other.color().has_alpha() => DynamicImage::ImageRgba8(other.to_rgba8()),
-        other => DynamicImage::ImageRgb8(other.to_rgb8()),
-    }
 }
 
 #[cfg(test)]

@@ -24,7 +24,7 @@ pub(crate) fn encode(
     limits: &super::Limits,
 ) -> Result<Encoded, OpError> {
     let quality = quality.clamp(1, 100);
-    let image = super::decode::to_rgb8_or_rgba8(image);
+    let image = super::to_rgb8_or_rgba8(image);
     let (width, height) = (image.width(), image.height());
     let (data, format) = match format {
         Format::Jpeg => (encode_jpeg(image, quality)?, Format::Jpeg),

@@ -4,6 +4,7 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
+use image::DynamicImage;
 use thiserror::Error;
 
 pub mod cli;
@@ -168,6 +169,15 @@ fn output_format(out: OutputFormat, input: Format) -> Format {
             Format::Gif => Format::Png,
             other => other,
         },
+    }
+}
+
+/// Normalise to the two layouts the pipeline handles (16-bit and gray sources included).
+pub(crate) fn to_rgb8_or_rgba8(image: DynamicImage) -> DynamicImage {
+    match image {
+        DynamicImage::ImageRgb8(_) | DynamicImage::ImageRgba8(_) => image,
+        other if other.color().has_alpha() => DynamicImage::ImageRgba8(other.to_rgba8()),
+        other => DynamicImage::ImageRgb8(other.to_rgb8()),
     }
 }
 

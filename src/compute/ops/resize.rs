@@ -87,7 +87,7 @@ pub(crate) fn resize_to(
     if image.width() == width && image.height() == height {
         return Ok(image);
     }
-    let image = super::decode::to_rgb8_or_rgba8(image);
+    let image = super::to_rgb8_or_rgba8(image);
     let pre = |src: u32, dst: u32| {
         if u64::from(src) >= 4 * u64::from(dst) {
             dst * 2
