@@ -43,5 +43,7 @@ pub mod reload;
 pub mod shutdown;
 pub mod sockopt;
 pub mod store;
+#[doc(hidden)]
+pub mod testkit;
 pub mod trace_context;
 pub mod vocab;

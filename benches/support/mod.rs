@@ -391,19 +391,7 @@ pub async fn in_flight_settles(
 
 /// A photo-like RGB image: gradients, edges and noise.
 pub fn photo(width: u32, height: u32, grain: u64) -> image::RgbImage {
-    let mut seed = 0x2545F4914F6CDD1Du64;
-    image::RgbImage::from_fn(width, height, |x, y| {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        let noise = (seed % grain) as i32 - (grain / 2) as i32;
-        let base = [
-            (x * 255 / width.max(1)) as i32,
-            (y * 255 / height.max(1)) as i32,
-            if (x / 40 + y / 40) % 2 == 0 { 60 } else { 190 },
-        ];
-        image::Rgb(base.map(|c| (c + noise).clamp(0, 255) as u8))
-    })
+    imagegate::testkit::photo(width, height, grain)
 }
 
 pub fn jpeg(width: u32, height: u32) -> Bytes {

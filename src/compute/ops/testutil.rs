@@ -71,21 +71,7 @@ pub fn png_of(image: DynamicImage) -> Vec<u8> {
     encode_as(image, Format::Png, 100)
 }
 
-/// CRC-32 (IEEE), as PNG chunks use.
-pub fn crc32(data: &[u8]) -> u32 {
-    let mut crc = 0xFFFF_FFFFu32;
-    for &byte in data {
-        crc ^= u32::from(byte);
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 {
-                (crc >> 1) ^ 0xEDB8_8320
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
-}
+pub use crate::testkit::crc32;
 
 /// A PNG that is only a signature and a valid IHDR (correct CRC) claiming `width`×`height`
 /// RGBA: no image data at all.

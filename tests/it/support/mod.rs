@@ -299,19 +299,7 @@ impl CallLog {
 
 /// A photo-like RGB image: gradients, edges and noise (so codecs work as on a photo).
 pub fn photo(width: u32, height: u32) -> image::RgbImage {
-    let mut seed = 0x2545F4914F6CDD1Du64;
-    image::RgbImage::from_fn(width, height, |x, y| {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        let noise = (seed % 24) as i32 - 12;
-        let base = [
-            (x * 255 / width.max(1)) as i32,
-            (y * 255 / height.max(1)) as i32,
-            if (x / 40 + y / 40) % 2 == 0 { 60 } else { 190 },
-        ];
-        image::Rgb(base.map(|c| (c + noise).clamp(0, 255) as u8))
-    })
+    imagegate::testkit::photo(width, height, 24)
 }
 
 pub fn jpeg(width: u32, height: u32) -> Vec<u8> {
@@ -340,27 +328,12 @@ pub fn png_bomb() -> Vec<u8> {
     let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
     out.extend_from_slice(&13u32.to_be_bytes());
     out.extend_from_slice(&ihdr);
-    out.extend_from_slice(&crc32(&ihdr).to_be_bytes());
+    out.extend_from_slice(&imagegate::testkit::crc32(&ihdr).to_be_bytes());
     let idat = b"IDAT\x78\x9c\x03\x00\x00\x00\x00\x01";
     out.extend_from_slice(&((idat.len() - 4) as u32).to_be_bytes());
     out.extend_from_slice(idat);
-    out.extend_from_slice(&crc32(idat).to_be_bytes());
+    out.extend_from_slice(&imagegate::testkit::crc32(idat).to_be_bytes());
     out
-}
-
-fn crc32(data: &[u8]) -> u32 {
-    let mut crc = 0xFFFF_FFFFu32;
-    for &b in data {
-        crc ^= b as u32;
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 {
-                (crc >> 1) ^ 0xEDB8_8320
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
 }
 
 /// The value of a metric line (`name{labels} value`) in a text exposition, if present.
