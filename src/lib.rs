@@ -29,6 +29,10 @@
 //! retransmission floor and thread priority, which have no safe wrapper), and [`dev`] (both
 //! servers in one process for `make run`).
 
+// Every `pub` item is reachable from the crate root (a `pub` deep in a private module is a lie
+// about the API); `make lint` denies warnings, so this is enforced.
+#![warn(unreachable_pub)]
+
 pub mod compute;
 pub mod config;
 pub mod dev;

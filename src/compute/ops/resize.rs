@@ -9,7 +9,7 @@ use image::{DynamicImage, RgbImage, RgbaImage};
 use super::{Limits, OpError, ResizeSpec};
 
 /// Largest resize box side a request may ask for.
-pub const MAX_SIDE: u32 = 16384;
+pub(super) const MAX_SIDE: u32 = crate::vocab::limits::MAX_BOX_SIDE as u32;
 
 /// Check the box alone (no image needed): 0×0, a side above [`MAX_SIDE`], or an exact resize
 /// with a 0 side are the caller's mistakes.

@@ -5,7 +5,7 @@ use image::{DynamicImage, Rgb, RgbImage};
 
 use super::{encode, Format, Limits};
 
-pub fn limits() -> Limits {
+pub(crate) fn limits() -> Limits {
     Limits {
         max_pixels: 50_000_000,
         avif_speed: super::DEFAULT_AVIF_SPEED,
@@ -13,13 +13,13 @@ pub fn limits() -> Limits {
 }
 
 /// A tiny deterministic PRNG (xorshift64*), enough for noise.
-pub struct Rng(u64);
+pub(crate) struct Rng(u64);
 
 impl Rng {
-    pub fn new(seed: u64) -> Self {
+    pub(crate) fn new(seed: u64) -> Self {
         Self(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
     }
-    pub fn next_u32(&mut self) -> u32 {
+    pub(crate) fn next_u32(&mut self) -> u32 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
@@ -28,7 +28,7 @@ impl Rng {
 }
 
 /// Smooth gradients, a few hard edges and sensor-like noise: what a codec sees in a photo.
-pub fn photo_like(width: u32, height: u32, seed: u64) -> RgbImage {
+pub(crate) fn photo_like(width: u32, height: u32, seed: u64) -> RgbImage {
     let mut rng = Rng::new(seed);
     let (w, h) = (width as f32, height as f32);
     RgbImage::from_fn(width, height, |x, y| {
@@ -57,25 +57,25 @@ pub fn photo_like(width: u32, height: u32, seed: u64) -> RgbImage {
     })
 }
 
-pub fn encode_as(image: DynamicImage, format: Format, quality: u8) -> Vec<u8> {
+pub(crate) fn encode_as(image: DynamicImage, format: Format, quality: u8) -> Vec<u8> {
     encode::encode(image, format, quality, &limits())
         .unwrap()
         .data
 }
 
-pub fn jpeg_of(image: RgbImage, quality: u8) -> Vec<u8> {
+pub(crate) fn jpeg_of(image: RgbImage, quality: u8) -> Vec<u8> {
     encode_as(DynamicImage::ImageRgb8(image), Format::Jpeg, quality)
 }
 
-pub fn png_of(image: DynamicImage) -> Vec<u8> {
+pub(crate) fn png_of(image: DynamicImage) -> Vec<u8> {
     encode_as(image, Format::Png, 100)
 }
 
-pub use crate::testkit::crc32;
+pub(crate) use crate::testkit::crc32;
 
 /// A PNG that is only a signature and a valid IHDR (correct CRC) claiming `width`×`height`
 /// RGBA: no image data at all.
-pub fn png_header_only(width: u32, height: u32) -> Vec<u8> {
+pub(crate) fn png_header_only(width: u32, height: u32) -> Vec<u8> {
     let mut ihdr = Vec::new();
     ihdr.extend_from_slice(b"IHDR");
     ihdr.extend_from_slice(&width.to_be_bytes());
@@ -89,7 +89,7 @@ pub fn png_header_only(width: u32, height: u32) -> Vec<u8> {
 }
 
 /// Insert an APP1 EXIF segment carrying only an orientation tag right after SOI.
-pub fn with_exif_orientation(jpeg: &[u8], orientation: u16) -> Vec<u8> {
+pub(crate) fn with_exif_orientation(jpeg: &[u8], orientation: u16) -> Vec<u8> {
     let mut tiff = Vec::new();
     tiff.extend_from_slice(b"MM\0\x2a"); // big-endian TIFF header
     tiff.extend_from_slice(&8u32.to_be_bytes()); // IFD0 at offset 8
@@ -111,12 +111,12 @@ pub fn with_exif_orientation(jpeg: &[u8], orientation: u16) -> Vec<u8> {
 }
 
 /// Decode any output for checking pixels (the `image` crate, independent of our decoder).
-pub fn load(data: &[u8]) -> DynamicImage {
+pub(crate) fn load(data: &[u8]) -> DynamicImage {
     image::load_from_memory(data).unwrap()
 }
 
 /// Mean absolute difference per channel between two same-sized regions.
-pub fn region_diff(a: &RgbImage, b: &RgbImage, x0: u32, y0: u32, x1: u32, y1: u32) -> f64 {
+pub(crate) fn region_diff(a: &RgbImage, b: &RgbImage, x0: u32, y0: u32, x1: u32, y1: u32) -> f64 {
     let mut sum = 0u64;
     let mut n = 0u64;
     for y in y0..y1 {

@@ -11,9 +11,9 @@ use image::DynamicImage;
 use super::{decode, resize, sniff, Format, Limits, Mark, OpError, Position, WatermarkSpec};
 
 /// Largest `font_size` accepted: one glyph is rasterised into a size² buffer.
-pub const MAX_FONT_SIZE: u32 = crate::vocab::limits::MAX_FONT_SIZE as u32;
+pub(super) const MAX_FONT_SIZE: u32 = crate::vocab::limits::MAX_FONT_SIZE as u32;
 /// Longest text accepted, in characters (a watermark, not a document).
-pub const MAX_TEXT_CHARS: usize = crate::vocab::limits::MAX_WATERMARK_TEXT_CHARS;
+pub(super) const MAX_TEXT_CHARS: usize = crate::vocab::limits::MAX_WATERMARK_TEXT_CHARS;
 /// Darkness of the outline/shadow relative to the text's opacity.
 const SHADOW_STRENGTH: f32 = 0.6;
 
