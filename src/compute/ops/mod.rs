@@ -14,6 +14,8 @@ mod resize;
 mod watermark;
 
 #[cfg(test)]
+mod privacy_tests;
+#[cfg(test)]
 mod testutil;
 
 pub use crate::vocab::media::Format;
