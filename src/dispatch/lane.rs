@@ -531,6 +531,14 @@ pub fn never_reached_server(status: &Status) -> bool {
 /// and the HTTP answer (503 + Retry-After, not 502) all see the same code. The queued call
 /// never left the BFF, so it is marked [`NotSent`] and may be retried on another endpoint.
 fn transport_failure_is_unavailable(status: Status) -> Status {
+    if refused_before_processing(&status) {
+        let mut unsent = Status::unavailable(format!(
+            "compute refused the call before processing it (HTTP/2 REFUSED_STREAM or GOAWAY): {}",
+            status.message()
+        ));
+        unsent.set_source(Arc::new(NotSent));
+        return unsent;
+    }
     if matches!(status.code(), Code::Ok | Code::Unavailable) {
         return status;
     }
@@ -550,6 +558,15 @@ fn transport_failure_is_unavailable(status: Status) -> Status {
             status.message()
         ))
     }
+}
+
+/// HTTP/2 says the server did not process the stream: it reset it with REFUSED_STREAM, or its
+/// GOAWAY named a last stream below this one (RFC 9113 §8.7). Such a call is safe to retry,
+/// like one that never left the BFF.
+fn refused_before_processing(status: &Status) -> bool {
+    source_of::<h2::Error>(status).is_some_and(|e| {
+        e.reason() == Some(h2::Reason::REFUSED_STREAM) || (e.is_go_away() && e.is_remote())
+    })
 }
 
 /// The first error of type `E` in the status's chain of sources.
@@ -769,6 +786,22 @@ mod tests {
             );
             assert!(backoff(Duration::from_secs(10), 10) <= Duration::from_secs(5));
         }
+    }
+
+    #[test]
+    fn a_stream_compute_refused_unprocessed_is_safe_to_retry() {
+        // As tonic reports an h2 RST_STREAM(REFUSED_STREAM): UNAVAILABLE with the h2 error.
+        let mut refused = Status::unavailable("h2 protocol error: stream refused");
+        refused.set_source(Arc::new(h2::Error::from(h2::Reason::REFUSED_STREAM)));
+        let refused = transport_failure_is_unavailable(refused);
+        assert!(never_reached_server(&refused), "{refused:?}");
+        assert!(worth_retrying(&refused, false));
+        // Another reset (the server was processing it) is not.
+        let mut reset = Status::unknown("h2 protocol error: internal error");
+        reset.set_source(Arc::new(h2::Error::from(h2::Reason::INTERNAL_ERROR)));
+        assert!(!never_reached_server(&transport_failure_is_unavailable(
+            reset
+        )));
     }
 
     #[test]

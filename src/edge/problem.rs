@@ -221,6 +221,14 @@ pub fn from_status(status: &tonic::Status) -> Problem {
             Problem::unavailable("compute-busy", message, COMPUTE_RETRY_AFTER)
         }
         (Code::ResourceExhausted, Some(reason::MESSAGE_TOO_LARGE)) => Problem::too_large(message),
+        // Our own client refused compute's answer: the client did nothing wrong.
+        (Code::OutOfRange, _) if message.contains("decoded message length too large") => {
+            Problem::new(
+                StatusCode::BAD_GATEWAY,
+                "compute-answer-too-large",
+                format!("compute's answer is above the lane's max_message_size: {message}"),
+            )
+        }
         (Code::OutOfRange, _) if message.contains("message length too large") => {
             Problem::too_large(message)
         }
@@ -271,6 +279,28 @@ mod tests {
             (
                 status(Code::ResourceExhausted, reason::QUEUE_FULL, "x"),
                 503,
+            ),
+            (
+                status(Code::ResourceExhausted, reason::ARCHIVE_LIMIT, "x"),
+                413,
+            ),
+            (
+                status(Code::InvalidArgument, reason::UNDECODABLE_ARCHIVE, "x"),
+                422,
+            ),
+            // tonic's own limits: our request too large is the client's (413), compute's
+            // answer too large for the lane is not (502).
+            (
+                tonic::Status::out_of_range(
+                    "Error, encoded message length too large: found 9 bytes, the limit is: 8 bytes",
+                ),
+                413,
+            ),
+            (
+                tonic::Status::out_of_range(
+                    "Error, decoded message length too large: found 9 bytes, the limit is: 8 bytes",
+                ),
+                502,
             ),
             (tonic::Status::deadline_exceeded("x"), 504),
             (tonic::Status::unavailable("x"), 503),

@@ -209,6 +209,30 @@ async fn a_batch_above_the_message_limit_is_split_into_several_calls() {
 }
 
 #[tokio::test]
+async fn an_answer_above_the_lanes_message_limit_is_502_not_the_clients_413() {
+    let compute = start_compute(compute_config(), None);
+    let mut config = bff_config(&compute.url());
+    config.lanes.heavy.max_message_size = imagegate::config::Size::kib(96);
+    let bff = start_bff(config);
+    // A small JPEG asked for as PNG: the request fits, the lossless answer does not.
+    let input = jpeg(400, 300);
+    assert!(input.len() < 90 * 1024, "{} bytes", input.len());
+    let form = Form::new().part("file", file(input)).text("format", "png");
+    let body = problem(
+        post(bff.url("/v1/images/compress"), form).await,
+        StatusCode::BAD_GATEWAY,
+    )
+    .await;
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("max_message_size"),
+        "{body}"
+    );
+}
+
+#[tokio::test]
 async fn every_error_row_of_the_contract_is_problem_json() {
     let compute = start_compute(compute_config(), None);
     let mut config = bff_config(&compute.url());

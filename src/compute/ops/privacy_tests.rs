@@ -218,5 +218,9 @@ fn no_operation_and_no_output_format_lets_metadata_through() {
             }
         }
     }
-    assert!(found.is_empty(), "metadata reached outputs:\n{}", found.join("\n"));
+    assert!(
+        found.is_empty(),
+        "metadata reached outputs:\n{}",
+        found.join("\n")
+    );
 }
