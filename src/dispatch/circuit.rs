@@ -147,6 +147,24 @@ impl Circuit {
         }
     }
 
+    /// Compute failed a health check on another lane (its only endpoint, or every one, is out):
+    /// a closed circuit opens now, so calls fail fast (503 + Retry-After) instead of each
+    /// waiting out its own deadline against a hung compute. Such an opening is disproved by
+    /// the next SERVING answer ([`Circuit::probe_now`]); an open circuit stays as it is.
+    pub fn open_on_failed_health_check(&self) {
+        let mut inner = self.0.lock().expect("circuit lock");
+        if inner.state == State::Closed {
+            let open_for = inner.settings.open_for;
+            if inner.settings.failures == 0 && inner.settings.failure_rate == 0.0 {
+                return; // the breaker is off for this lane
+            }
+            tracing::warn!("circuit opened: a health check found compute failing");
+            inner.open(open_for, true);
+            inner.consecutive = 0;
+            inner.recent.clear();
+        }
+    }
+
     /// May a call go through now?
     pub fn allow(self: &Arc<Self>) -> Result<Ticket, Open> {
         let mut inner = self.0.lock().expect("circuit lock");

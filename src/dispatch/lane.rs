@@ -246,6 +246,13 @@ impl Lane {
         self.circuit.probe_now();
     }
 
+    /// A health check on another lane that shares this lane's address found compute failing
+    /// with no endpoint left in rotation: fail fast now rather than after `circuit_failures`
+    /// calls have each waited out the deadline.
+    pub fn note_compute_failing(&self) {
+        self.circuit.open_on_failed_health_check();
+    }
+
     /// Waits up to the lane's queue wait for a permit, or sheds the call.
     async fn admit(&self, config: &LaneConfig) -> Result<InFlight, DispatchError> {
         let start = Instant::now();

@@ -1186,3 +1186,55 @@ async fn a_call_dropped_before_its_end_is_recorded_as_cancelled() {
     assert_eq!(heavy.metrics().in_flight.get(), 0);
     log.release("Compress");
 }
+
+#[tokio::test]
+async fn a_hung_compute_found_by_a_health_check_makes_image_calls_fail_fast() {
+    // Compute accepts calls and never answers them (a hung process, as a SIGSTOP would).
+    let log = CallLog::default();
+    let compute = start_compute(compute_config(), Some(log.hook()));
+    log.hold("Check");
+    log.hold("Compress");
+    let mut config = bff_config(&compute.url());
+    config.lanes.heavy.deadline = Duration::from_secs(30);
+    config.lanes.heavy.circuit_open_for = Duration::from_secs(3600);
+    config.lanes.realtime.deadline = Duration::from_millis(300);
+    let bff = start_bff(config);
+    let health = reqwest::get(bff.url("/health")).await.unwrap();
+    assert_eq!(health.status(), 503);
+    // The realtime lane's verdict reached the heavy lane: no 30 s wait, a 503 at once.
+    let started = std::time::Instant::now();
+    let b = problem(
+        post(
+            bff.url("/v1/images/compress"),
+            Form::new().part("file", file(jpeg(16, 16))),
+        )
+        .await,
+        StatusCode::SERVICE_UNAVAILABLE,
+    )
+    .await;
+    assert_eq!(b["type"], "urn:imagegate:problem:circuit-open", "{b}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    // Compute thaws: the next SERVING health check lets image calls through again.
+    log.release("Check");
+    log.release("Compress");
+    assert!(
+        eventually(Duration::from_secs(20), async || reqwest::get(
+            bff.url("/health")
+        )
+        .await
+        .unwrap()
+        .status()
+            == 200)
+        .await
+    );
+    let r = post(
+        bff.url("/v1/images/compress"),
+        Form::new().part("file", file(jpeg(16, 16))),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+}

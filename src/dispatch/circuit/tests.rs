@@ -180,3 +180,31 @@ async fn successes_keep_it_closed_and_zero_disables_it() {
         assert!(call(&off, true));
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_health_check_opens_a_closed_circuit_until_compute_serves() {
+    let c = Arc::new(Circuit::new(settings()));
+    // A call admitted before the opening says nothing about it afterwards.
+    let before = c.allow().unwrap();
+    c.open_on_failed_health_check();
+    assert!(c.is_open());
+    before.record(false);
+    assert!(c.is_open(), "an earlier call's success does not close it");
+    assert!(c.allow().is_err(), "calls fail fast");
+    // Compute answers SERVING: the next call probes at once, and closes it.
+    c.probe_now();
+    assert!(call(&c, false));
+    assert!(!c.is_open());
+    // Without a SERVING answer it waits out open_for as any opening does.
+    c.open_on_failed_health_check();
+    tokio::time::advance(Duration::from_secs(1)).await;
+    assert!(call(&c, false) && !c.is_open());
+    // A lane whose breaker is off never opens.
+    let off = Arc::new(Circuit::new(CircuitSettings {
+        failures: 0,
+        failure_rate: 0.0,
+        ..settings()
+    }));
+    off.open_on_failed_health_check();
+    assert!(!off.is_open());
+}

@@ -39,12 +39,33 @@ impl Dispatcher {
             )
             .await;
         self.share_endpoint_health(lane);
+        if response.as_ref().is_err_and(compute_failed) {
+            self.tell_lanes_compute_fails(lane);
+        }
         let response = response?;
         let status = ServingStatus::try_from(response.status).unwrap_or(ServingStatus::Unknown);
         if status == ServingStatus::Serving {
             self.tell_lanes_compute_serves(lane.name());
         }
         Ok(status)
+    }
+
+    /// A health check found compute failing and `checked` has no endpoint left to try (its
+    /// only one, or all of them, out): the other lanes sending there open their circuits, the
+    /// mirror of the SERVING hint, which closes them again as soon as compute answers.
+    fn tell_lanes_compute_fails(&self, checked: &Lane) {
+        let endpoints = checked.upstream().endpoints();
+        if !(endpoints.len() == 1 || endpoints.iter().all(|e| e.is_ejected())) {
+            return; // others remain: ejection (share_endpoint_health) steers around this one
+        }
+        let Some(address) = self.addresses.get(checked.name()) else {
+            return;
+        };
+        for (name, lane) in &self.lanes {
+            if name != checked.name() && self.addresses.get(name) == Some(address) {
+                lane.note_compute_failing();
+            }
+        }
     }
 
     /// After a health check: every other lane sending to the same compute follows `checked`'s
@@ -81,5 +102,15 @@ impl Dispatcher {
                 lane.note_compute_serving();
             }
         }
+    }
+}
+
+/// The health check failed because compute did (unreachable, too slow, broken), not because
+/// the realtime lane itself shed it.
+fn compute_failed(e: &DispatchError) -> bool {
+    match e {
+        DispatchError::Deadline { .. } => true,
+        DispatchError::Status(status) => crate::vocab::failure::is_compute_failure(status.code()),
+        DispatchError::Saturated { .. } | DispatchError::CircuitOpen { .. } => false,
     }
 }
