@@ -3,8 +3,9 @@
 //! still WebP through libwebp, and PNG / GIF (first frame) / animated WebP (first frame)
 //! through the `image` crate.
 //!
-//! Every decoded image comes out as 8-bit RGB, or 8-bit RGBA when the source has alpha, and
-//! upright: the rest of the pipeline only ever sees those two layouts.
+//! Every decoded image comes out as 8-bit RGB, or 8-bit RGBA when the source has alpha, in
+//! sRGB (an embedded ICC profile is applied, see [`super::colour`]), and upright: the rest of
+//! the pipeline only ever sees those two layouts.
 
 use std::cell::Cell;
 use std::io::{self, BufRead, Cursor, Read};
@@ -14,7 +15,9 @@ use image::metadata::Orientation;
 use image::{DynamicImage, ImageDecoder, ImageError, ImageFormat, ImageReader, RgbImage};
 use mozjpeg::{ColorSpace, Decompress, Marker};
 
-use super::{panic_message, resize, sniff, to_rgb8_or_rgba8, Format, Limits, OpError, ResizeSpec};
+use super::{
+    colour, panic_message, resize, sniff, to_rgb8_or_rgba8, Format, Limits, OpError, ResizeSpec,
+};
 
 /// A decoded, upright image.
 pub(crate) struct Decoded {
@@ -197,9 +200,9 @@ fn decode_jpeg_inner(
         rest: data,
         hit_end,
     };
-    // APP1 carries EXIF (orientation); APP14 is Adobe's, whose presence means CMYK is stored
-    // inverted.
-    let mut dec = Decompress::with_markers(&[Marker::APP(1), Marker::APP(14)])
+    // APP1 carries EXIF (orientation); APP2 the ICC profile; APP14 is Adobe's, whose presence
+    // means CMYK is stored inverted.
+    let mut dec = Decompress::with_markers(&[Marker::APP(1), Marker::APP(2), Marker::APP(14)])
         .from_reader(reader)
         .map_err(|e| OpError::Undecodable(format!("the JPEG header does not decode: {e}")))?;
     let width = u32::try_from(dec.width()).unwrap_or(u32::MAX);
@@ -219,6 +222,11 @@ fn decode_jpeg_inner(
             _ => {}
         }
     }
+    let icc = colour::jpeg_icc(
+        dec.markers()
+            .filter(|m| m.marker == Marker::APP(2))
+            .map(|m| m.data),
+    );
     let (full_width, full_height) = upright_size(width, height, orientation);
 
     if let Some(spec) = resize_to {
@@ -253,7 +261,9 @@ fn decode_jpeg_inner(
     let rgb = RgbImage::from_raw(w, h, rgb).ok_or_else(|| {
         OpError::Undecodable("the JPEG decoded to fewer pixels than it declares".to_string())
     })?;
-    let mut image = DynamicImage::ImageRgb8(rgb);
+    // A CMYK profile is not applied: CMYK keeps the naive conversion above.
+    let icc = if cmyk { None } else { icc };
+    let mut image = colour::to_srgb(DynamicImage::ImageRgb8(rgb), icc.as_deref());
     image.apply_orientation(orientation);
     Ok(Decoded {
         image,
@@ -353,6 +363,7 @@ fn decode_with_image(
     let (width, height) = decoder.dimensions();
     check_decoded_size(format, width, height, limits)?;
     let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
+    let icc = decoder.icc_profile().ok().flatten();
     let (full_width, full_height) = upright_size(width, height, orientation);
     if let Some(spec) = resize_to {
         // Fail a resize bomb before spending time on decoding.
@@ -372,7 +383,7 @@ fn decode_with_image(
         Some(image) => image,
         None => DynamicImage::from_decoder(decoder).map_err(|e| image_error(format, e))?,
     };
-    let mut image = to_rgb8_or_rgba8(image);
+    let mut image = colour::to_srgb(to_rgb8_or_rgba8(image), icc.as_deref());
     image.apply_orientation(orientation);
     Ok(Decoded {
         image,

@@ -8,11 +8,14 @@ use image::DynamicImage;
 use thiserror::Error;
 
 pub mod cli;
+mod colour;
 pub(crate) mod decode;
 mod encode;
 mod resize;
 mod watermark;
 
+#[cfg(test)]
+mod colour_tests;
 #[cfg(test)]
 mod privacy_tests;
 #[cfg(test)]
