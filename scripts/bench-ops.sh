@@ -12,6 +12,9 @@
 #   webp:      vips copy in.jpg out.webp[Q=80]
 #          vs  imagegate op compress in.jpg --format webp --quality 80 -o out.webp
 #   (info)     the thumbnail case again with a WebP source (in.jpg converted by vips, Q80)
+#   colour:    imagegate's thumbnail of in.jpg vs of the same JPEG with an embedded ICC profile
+#              (vips' built-in sRGB profile: converted like any other, so it costs the same as
+#              a Display-P3 one); target <= 1.05
 #
 # Fairness: in "pinned" mode both sides run under `taskset -c 0` with VIPS_CONCURRENCY=1, i.e.
 # one thread each on the same core (imagegate's operations are single-threaded per image: the
@@ -129,6 +132,15 @@ run_mode() {
         -n "vipsthumbnail webp" "env $env_vips $prefix vipsthumbnail $in_webp -s 200 -o $d/thumbw-vips.jpg" \
         -n "imagegate webp" "$prefix $BIN op resize $in_webp --width 200 --height 200 --quality 75 -o $d/thumbw-ours.jpg"
 
+    # The colour path: the same pixels, with and without an ICC profile to convert from.
+    # Both re-encoded the same way from in.jpg, so they differ only in the profile.
+    local in_icc=$WORK/in-icc.jpg in_plain=$WORK/in-plain.jpg
+    [ -s "$in_icc" ] || vips jpegsave "$IN" "$in_icc" --Q 90 --profile srgb
+    [ -s "$in_plain" ] || vips jpegsave "$IN" "$in_plain" --Q 90 --profile none
+    hyperfine --warmup "$WARMUP" --runs "$RUNS" --style basic --export-csv "$d/colour.csv" \
+        -n "imagegate, no profile" "$prefix $BIN op resize $in_plain --width 200 --height 200 --quality 75 -o $d/thumb-plain.jpg" \
+        -n "imagegate, ICC profile" "$prefix $BIN op resize $in_icc --width 200 --height 200 --quality 75 -o $d/thumb-icc.jpg"
+
     {
         echo
         echo "mode: $mode ($(nproc) CPUs, $(lscpu | sed -n 's/^Model name: *//p' | head -1))"
@@ -139,6 +151,11 @@ run_mode() {
         row "JPEG to WebP Q80 (6000x4000)" "$d/webp.csv" "<= 1.2" "$d/vips.webp" "$d/ours.webp"
         row "thumbnail 200 px of a 6000x4000 WebP, JPEG Q75" "$d/thumb-webp.csv" "(info)" \
             "$d/thumbw-vips.jpg" "$d/thumbw-ours.jpg"
+        echo
+        echo "colour path (imagegate only: \"vips\" columns = no profile, \"imagegate\" = with an ICC profile):"
+        printf '| case | no profile | with profile | with/without | target | CPU without | CPU with | CPU ratio | bytes without | bytes with | size ratio |\n'
+        printf '|---|---|---|---|---|---|---|---|---|---|---|\n'
+        row "thumbnail 200 px, 6000x4000 JPEG" "$d/colour.csv" "<= 1.05" "$d/thumb-plain.jpg" "$d/thumb-icc.jpg"
     } | tee "$d/table.md"
 }
 
