@@ -138,8 +138,8 @@ run_mode() {
     [ -s "$in_icc" ] || vips jpegsave "$IN" "$in_icc" --Q 90 --profile srgb
     [ -s "$in_plain" ] || vips jpegsave "$IN" "$in_plain" --Q 90 --profile none
     hyperfine --warmup "$WARMUP" --runs "$RUNS" --style basic --export-csv "$d/colour.csv" \
-        -n "imagegate, no profile" "$prefix $BIN op resize $in_plain --width 200 --height 200 --quality 75 -o $d/thumb-plain.jpg" \
-        -n "imagegate, ICC profile" "$prefix $BIN op resize $in_icc --width 200 --height 200 --quality 75 -o $d/thumb-icc.jpg"
+        -n "imagegate-no-profile" "$prefix $BIN op resize $in_plain --width 200 --height 200 --quality 75 -o $d/thumb-plain.jpg" \
+        -n "imagegate-icc-profile" "$prefix $BIN op resize $in_icc --width 200 --height 200 --quality 75 -o $d/thumb-icc.jpg"
 
     {
         echo
