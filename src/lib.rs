@@ -32,6 +32,7 @@
 // Every `pub` item is reachable from the crate root (a `pub` deep in a private module is a lie
 // about the API); `make lint` denies warnings, so this is enforced.
 #![warn(unreachable_pub)]
+#![warn(missing_docs)]
 
 pub mod compute;
 pub mod config;

@@ -42,6 +42,8 @@ pub struct Outcome {
 }
 
 impl Reloader {
+    /// A reloader that re-reads the config as [`Config::load`] does from `path`, applies it to
+    /// `dispatcher`, starts from `config`, and counts reloads in `registry`.
     pub fn new(
         path: Option<PathBuf>,
         config: Arc<Config>,

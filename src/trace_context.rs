@@ -19,7 +19,9 @@ pub const MAX_REQUEST_ID_LEN: usize = 128;
 /// One request's ids.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TraceContext {
+    /// The `X-Request-Id` (the client's own when valid, else a new one).
     pub request_id: String,
+    /// The W3C `traceparent` sent on to compute.
     pub traceparent: String,
 }
 

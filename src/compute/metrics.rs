@@ -9,12 +9,14 @@ use crate::metrics::{register, LATENCY_BUCKETS};
 pub struct ComputeMetrics {
     /// Operations by name and result (`ok` or the error reason).
     pub operations: IntCounterVec,
+    /// Seconds per operation, queueing included.
     pub duration: HistogramVec,
     /// Jobs submitted to the CPU pool that have not started yet.
     pub queue_depth: IntGauge,
 }
 
 impl ComputeMetrics {
+    /// Registers the metrics in `registry`, every operation's duration series at zero.
     pub fn new(registry: &Registry) -> Self {
         let metrics = ComputeMetrics {
             operations: register(
@@ -74,6 +76,7 @@ impl ComputeMetrics {
             .inc();
     }
 
+    /// A call that ran: counted by result and timed (`seconds`).
     pub fn record(&self, operation: &str, result: &str, seconds: f64) {
         self.operations
             .with_label_values(&[operation, result])

@@ -51,6 +51,7 @@ pub struct ComputeServer {
 }
 
 impl ComputeServer {
+    /// A server for `config`, with its own metrics registry and no call hook.
     pub fn new(config: ComputeConfig) -> Self {
         ComputeServer {
             config,

@@ -14,10 +14,13 @@ use tokio::time::Instant;
 /// Why a job did not run.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PoolError {
+    /// Every place, running or waiting, is taken (the number is how many there are).
     #[error("the compute work queue is full ({0} jobs waiting or running); retry later")]
     QueueFull(usize),
+    /// The caller's deadline passed while the job waited for a thread.
     #[error("the deadline passed before the work could start")]
     DeadlineExceeded,
+    /// The pool is closed: compute is shutting down.
     #[error("the compute pool is shutting down")]
     Closed,
 }

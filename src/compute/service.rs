@@ -41,11 +41,15 @@ pub type CallHook =
 /// State shared by every service's handlers: the CPU pool, the limits, the metrics.
 #[derive(Clone)]
 pub struct Engine {
+    /// The bounded CPU pool every operation runs on.
     pub pool: CpuPool,
+    /// Image limits (pixels, AVIF speed).
     pub limits: Limits,
     /// FileService.Extract's limits.
     pub archive: crate::compute::files::ArchiveLimits,
+    /// The `imagegate_compute_*` metrics.
     pub metrics: ComputeMetrics,
+    /// Run at the start of every call, if set.
     pub hook: Option<CallHook>,
 }
 
@@ -547,7 +551,9 @@ fn failed_chunk(index: usize, original: i64, error: String) -> ProcessChunk {
 /// The contract's HealthService: SERVING while the server accepts work.
 #[derive(Clone)]
 pub struct HealthServiceImpl {
+    /// Shared state (its metrics and call hook).
     pub engine: Arc<Engine>,
+    /// True until shutdown begins; then checks answer NOT_SERVING.
     pub serving: Arc<std::sync::atomic::AtomicBool>,
 }
 

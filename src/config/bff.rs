@@ -83,9 +83,11 @@ impl CorsConfig {
     }
 }
 
+/// `[bff]`: the HTTP edge (see the module docs).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BffConfig {
+    /// Address the HTTP API listens on.
     pub listen: SocketAddr,
     /// Actix worker threads (0 = one per core).
     pub workers: usize,
@@ -142,6 +144,7 @@ pub struct ApiKeys {
 }
 
 impl ApiKeys {
+    /// These keys, each hashed once for comparison.
     pub fn new<I, S>(keys: I) -> Self
     where
         I: IntoIterator<Item = S>,
@@ -157,6 +160,7 @@ impl ApiKeys {
         self.keys.is_empty()
     }
 
+    /// How many keys there are.
     pub fn len(&self) -> usize {
         self.keys.len()
     }

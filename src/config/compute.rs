@@ -15,10 +15,13 @@ pub const DEFAULT_AVIF_SPEED: u8 = 8;
 /// the kernel, so they are refused here, at start, naming the key).
 pub const TCP_RTO_MIN_MAX: Duration = Duration::from_millis(200);
 
+/// `[compute]`: the compute server's listeners, limits, CPU pool and TLS.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ComputeConfig {
+    /// Address the gRPC services listen on.
     pub listen: SocketAddr,
+    /// Address `/metrics` is served on.
     pub metrics_listen: SocketAddr,
     /// Largest gRPC message received or sent.
     pub max_message_size: Size,
@@ -49,6 +52,7 @@ pub struct ComputeConfig {
     /// TLS: PEM certificate chain and private key. Both set = the server speaks TLS only.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_cert: Option<String>,
+    /// Path of the PEM private key for `tls_cert`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_key: Option<String>,
     /// Mutual TLS: PEM CA bundle; when set, clients must present a certificate it signed.
@@ -61,6 +65,7 @@ pub struct ComputeConfig {
 #[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ComputeTlsConfig {
+    /// TLS to every compute address, not only `https://` ones.
     pub enabled: bool,
     /// PEM CA bundle that signs compute's certificate (default: the system's web PKI roots
     /// are not loaded, so set this for a private CA).
@@ -69,6 +74,7 @@ pub struct ComputeTlsConfig {
     /// Mutual TLS: the BFF's own PEM certificate chain and private key.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cert: Option<String>,
+    /// Path of the PEM private key for `cert`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
     /// The name compute's certificate must carry (default: the address's host name).

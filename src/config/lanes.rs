@@ -13,8 +13,11 @@ use super::*;
 /// custom lane leaves out take the heavy lane's defaults.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Lanes {
+    /// `[lanes.heavy]`: image payloads (the default lane of unrouted RPCs).
     pub heavy: LaneConfig,
+    /// `[lanes.realtime]`: health checks, kept apart from image traffic.
     pub realtime: LaneConfig,
+    /// Your own lanes, by name.
     #[serde(flatten)]
     pub custom: BTreeMap<String, LaneConfig>,
 }
@@ -70,6 +73,7 @@ pub struct LaneConfig {
     /// HTTP/2 PING keepalive.
     #[serde(with = "humantime_serde")]
     pub keepalive_interval: Duration,
+    /// How long a keepalive PING may go unanswered before the connection is dropped.
     #[serde(with = "humantime_serde")]
     pub keepalive_timeout: Duration,
     /// TCP connect timeout.
@@ -79,6 +83,7 @@ pub struct LaneConfig {
     pub max_message_size: Size,
     /// HTTP/2 receive windows (what compute may send back before we read it).
     pub stream_window: Size,
+    /// ...and for the whole connection, all its streams together.
     pub connection_window: Size,
     /// Threads of the lane's own Tokio runtime, which drives its HTTP/2 connections.
     pub io_threads: usize,
@@ -86,6 +91,7 @@ pub struct LaneConfig {
     pub circuit_failures: u32,
     /// …or this share of failures over the last `circuit_window` calls (0 = off).
     pub circuit_failure_rate: f32,
+    /// How many recent calls `circuit_failure_rate` is measured over.
     pub circuit_window: usize,
     /// How long an open circuit fails fast before a probe call is let through.
     #[serde(with = "humantime_serde")]
@@ -97,6 +103,7 @@ pub struct LaneConfig {
     /// it, one probe call is let through: success readmits the endpoint.
     #[serde(with = "humantime_serde")]
     pub eject_for: Duration,
+    /// Longest an ejection lasts, however often it repeats.
     #[serde(with = "humantime_serde")]
     pub eject_max: Duration,
     /// How often a `dns://` address is resolved again (endpoints that appear are added, those
@@ -111,6 +118,8 @@ pub struct LaneConfig {
 }
 
 impl LaneConfig {
+    /// The heavy lane's defaults (4 connections, adaptive up to 32 in flight, 30 s
+    /// deadline); also what a custom lane's missing keys take.
     pub fn heavy_defaults() -> Self {
         LaneConfig {
             url: None,
@@ -143,6 +152,8 @@ impl LaneConfig {
         }
     }
 
+    /// The realtime lane's defaults: one connection, 256 small calls in flight at a fixed
+    /// limit, a 2 s deadline.
     pub fn realtime_defaults() -> Self {
         LaneConfig {
             url: None,

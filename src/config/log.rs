@@ -16,5 +16,6 @@ pub enum LogFormat {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogConfig {
+    /// `text` or `json`.
     pub format: LogFormat,
 }

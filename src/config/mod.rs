@@ -56,8 +56,11 @@ pub struct Config {
     pub compute_url: String,
     /// TLS from the BFF to compute (`[compute_tls]`).
     pub compute_tls: ComputeTlsConfig,
+    /// The HTTP edge (`[bff]`).
     pub bff: BffConfig,
+    /// The compute server (`[compute]`).
     pub compute: ComputeConfig,
+    /// The bulkhead lanes (`[lanes.*]`).
     pub lanes: Lanes,
     /// RPC → lane: keys `"compute.ImageService"` or `"compute.ImageService/Compress"` (wins).
     pub routes: BTreeMap<String, String>,

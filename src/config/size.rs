@@ -7,12 +7,15 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 pub struct Size(pub u64);
 
 impl Size {
+    /// `n` mebibytes.
     pub const fn mib(n: u64) -> Self {
         Size(n * 1024 * 1024)
     }
+    /// `n` kibibytes.
     pub const fn kib(n: u64) -> Self {
         Size(n * 1024)
     }
+    /// The size as a `usize`, saturating on targets where it does not fit.
     pub fn as_usize(self) -> usize {
         usize::try_from(self.0).unwrap_or(usize::MAX)
     }

@@ -35,6 +35,7 @@ pub struct StoreConfig {
     pub region: String,
     /// `s3`: credentials; empty = the standard `AWS_*` environment variables.
     pub access_key_id: String,
+    /// `s3`: the secret key that goes with `access_key_id`.
     pub secret_access_key: String,
     /// `s3`: allow a plain `http://` endpoint (a local or in-cluster service).
     pub allow_http: bool,

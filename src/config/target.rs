@@ -14,15 +14,22 @@ use std::fmt;
 pub struct Target {
     /// `https://` addresses.
     pub https: bool,
+    /// Fixed endpoints or a DNS name.
     pub kind: TargetKind,
 }
 
+/// What a [`Target`] names: endpoints, or a name to resolve to them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TargetKind {
     /// Fixed endpoints, each `host:port` (a host name is resolved when connecting).
     Static(Vec<String>),
     /// Every address of `host`, on `port`.
-    Dns { host: String, port: u16 },
+    Dns {
+        /// The name to resolve.
+        host: String,
+        /// The port every resolved address is dialled on.
+        port: u16,
+    },
 }
 
 impl Target {

@@ -60,7 +60,9 @@ pub const INITIAL_LIMIT: usize = 8;
 pub enum Signal {
     /// Compute answered: the attempt's round trip and the work compute reported.
     Answered {
+        /// From sending the attempt to its answer, as the lane measured it.
         round_trip: Duration,
+        /// The work time compute reported (its `elapsed_ms`).
         work: Duration,
     },
     /// Compute refused the call because its queue was full (QUEUE_FULL).

@@ -80,8 +80,11 @@ impl Outcome {
 /// Ejection thresholds (from the lane's config; swappable at run time).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct EjectSettings {
+    /// Consecutive failures that eject an endpoint (0 = never).
     pub after: u32,
+    /// Length of a first ejection; each further one doubles it.
     pub base: Duration,
+    /// Longest an ejection lasts.
     pub max: Duration,
 }
 
@@ -137,6 +140,8 @@ impl ComputeEndpoint {
         }
     }
 
+    /// Ejected (after its own failures, or while a peer lane's health checks fail), until it
+    /// answers again; possibly due for its probe already.
     pub fn is_ejected(&self) -> bool {
         self.health().ejected_until.is_some()
     }
@@ -231,7 +236,9 @@ pub struct Upstream {
 
 /// A call's claim on one endpoint: counts it in flight there until recorded or dropped.
 pub struct Picked {
+    /// The replica chosen.
     pub endpoint: Arc<ComputeEndpoint>,
+    /// One of its connections to send the call on.
     pub channel: Channel,
     upstream: Arc<Upstream>,
     probe: bool,

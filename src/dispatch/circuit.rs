@@ -108,6 +108,7 @@ impl Drop for Ticket {
 }
 
 impl Circuit {
+    /// A closed breaker with these thresholds.
     pub fn new(settings: CircuitSettings) -> Self {
         Circuit(Mutex::new(Inner {
             settings,
@@ -120,6 +121,7 @@ impl Circuit {
         }))
     }
 
+    /// Swaps the thresholds (a config reload); the current state is kept.
     pub fn set_settings(&self, settings: CircuitSettings) {
         self.0.lock().expect("circuit lock").settings = settings;
     }

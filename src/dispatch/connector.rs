@@ -17,15 +17,20 @@ use tokio::net::TcpStream;
 /// Counters one lane's connections report into.
 #[derive(Clone)]
 pub struct ConnectionMetrics {
+    /// Connections open now.
     pub open: IntGauge,
+    /// Bytes written to the connections.
     pub bytes_sent: IntCounter,
+    /// Bytes read from the connections.
     pub bytes_received: IntCounter,
 }
 
 /// A `tower::Service<Uri>` that opens metered TCP connections.
 #[derive(Clone)]
 pub struct MeteredConnector {
+    /// Where the connections are counted.
     pub metrics: ConnectionMetrics,
+    /// How long a TCP connect may take before it fails.
     pub connect_timeout: Duration,
     /// Floor of the retransmission timeout (`Duration::ZERO` = the kernel's).
     pub tcp_rto_min: Duration,

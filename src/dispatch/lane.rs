@@ -90,6 +90,7 @@ fn budget_for(config: &LaneConfig) -> TpsBudget {
 }
 
 impl Lane {
+    /// A lane sending to `upstream` with `config`'s limits, recording into `metrics`.
     pub fn new(
         name: &str,
         config: LaneConfig,
@@ -116,6 +117,7 @@ impl Lane {
         }
     }
 
+    /// The lane's name (`heavy`, `realtime` or a custom one).
     pub fn name(&self) -> &str {
         &self.name
     }
@@ -130,6 +132,7 @@ impl Lane {
         &self.upstream
     }
 
+    /// The lane's metric handles.
     pub fn metrics(&self) -> &LaneMetrics {
         &self.metrics
     }

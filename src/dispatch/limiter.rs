@@ -67,6 +67,7 @@ impl Drop for Permit {
 }
 
 impl Limiter {
+    /// A limiter admitting `limit` calls at once, with no bound on waiters yet.
     pub fn new(limit: usize) -> Arc<Self> {
         Arc::new(Limiter {
             semaphore: Arc::new(Semaphore::new(limit)),

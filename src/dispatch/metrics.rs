@@ -11,8 +11,11 @@ use crate::metrics::{register, LATENCY_BUCKETS};
 
 /// Reasons a lane sheds a call without sending it.
 pub mod rejected {
+    /// No permit within `queue_wait`, or the queue already full (503).
     pub const SATURATED: &str = "saturated";
+    /// The lane's circuit is open: failed fast (503).
     pub const CIRCUIT_OPEN: &str = "circuit_open";
+    /// The lane's deadline passed before the call ended (504).
     pub const DEADLINE: &str = "deadline";
 }
 
@@ -42,30 +45,40 @@ pub struct EndpointMetrics {
     pub healthy: IntGauge,
     /// Endpoints ejected after consecutive failures (re-probed with backoff).
     pub ejected: IntGauge,
+    /// Times an endpoint was ejected.
     pub ejections: IntCounter,
 }
 
 /// One lane's metric handles (label `lane` already applied).
 #[derive(Clone)]
 pub struct LaneMetrics {
+    /// The lane's name, its `lane` label.
     pub label: String,
     families: LaneMetricFamilies,
+    /// Calls holding a permit now.
     pub in_flight: IntGauge,
+    /// Seconds each call waited for a permit (admitted or shed).
     pub queue_wait: Histogram,
+    /// The concurrency limit in force.
     pub limit: IntGauge,
     /// The bounds the limit moves between (`min_in_flight`, `max_in_flight`; both the limit
     /// for a fixed lane), so an alert can tell a limit pinned at its floor or ceiling.
     pub limit_min: IntGauge,
+    /// The ceiling (`max_in_flight`).
     pub limit_max: IntGauge,
     /// What an adaptive lane's controller sees: the wait in front of compute per answer
     /// (round trip − the work compute reports) and the calls compute serves in parallel.
     pub compute_wait: Histogram,
+    /// Calls compute served in parallel over the controller's last window.
     pub compute_busy: Gauge,
+    /// The lane's TCP connections and bytes.
     pub connections: ConnectionMetrics,
+    /// The lane's replicas, healthy and ejected.
     pub endpoints: EndpointMetrics,
 }
 
 impl LaneMetrics {
+    /// Records one finished call: counted by method and gRPC code, timed by method.
     pub fn request(&self, method: &str, code: &str, seconds: f64) {
         self.families
             .requests
@@ -77,6 +90,7 @@ impl LaneMetrics {
             .observe(seconds);
     }
 
+    /// The counter of calls shed for `reason` (one of [`rejected`]).
     pub fn rejected(&self, reason: &str) -> IntCounter {
         self.families
             .rejected
@@ -85,6 +99,7 @@ impl LaneMetrics {
 }
 
 impl LaneMetricFamilies {
+    /// Registers every `imagegate_lane_*` family in `registry`.
     pub fn new(registry: &Registry) -> Self {
         let lane = &["lane"];
         LaneMetricFamilies {

@@ -43,12 +43,31 @@ use metrics::{LaneMetricFamilies, LaneMetrics};
 /// Why a call through the dispatcher failed.
 #[derive(Debug, thiserror::Error)]
 pub enum DispatchError {
+    /// No permit within the lane's `queue_wait`, or too many already waiting: shed (503).
     #[error("the {lane} lane is saturated: no permit within its queue wait")]
-    Saturated { lane: String, retry_after: Duration },
+    Saturated {
+        /// The lane's name.
+        lane: String,
+        /// When to try again (`Retry-After`).
+        retry_after: Duration,
+    },
+    /// The lane's circuit is open: failed fast without a call (503).
     #[error("the {lane} lane's circuit is open after repeated compute failures")]
-    CircuitOpen { lane: String, retry_after: Duration },
+    CircuitOpen {
+        /// The lane's name.
+        lane: String,
+        /// Until a probe may be tried, at least 1 s (`Retry-After`).
+        retry_after: Duration,
+    },
+    /// The lane's deadline passed before the call ended (504).
     #[error("the {lane} lane's deadline of {deadline:?} passed")]
-    Deadline { lane: String, deadline: Duration },
+    Deadline {
+        /// The lane's name.
+        lane: String,
+        /// The deadline that passed.
+        deadline: Duration,
+    },
+    /// Compute answered with an error status (or the call failed in transport).
     #[error("compute answered {}: {}", .0.code(), .0.message())]
     Status(Status),
 }

@@ -17,12 +17,23 @@ use crate::vocab::media::{sniff_readable, ArchiveKind};
 #[derive(Debug)]
 pub enum Item {
     /// Bytes for compute (an image, or a file compute will judge and fail on its own).
-    Image { data: Bytes, name: Option<String> },
+    Image {
+        /// The bytes as uploaded or extracted.
+        data: Bytes,
+        /// Its name inside the archive; `None` for a file uploaded as it is.
+        name: Option<String>,
+    },
     /// Failed at the edge: its `progress` event carries `error`.
-    Failed { error: String, name: Option<String> },
+    Failed {
+        /// Why, for the client.
+        error: String,
+        /// Its name inside the archive, if it came from one.
+        name: Option<String>,
+    },
 }
 
 impl Item {
+    /// The entry's name inside its archive, if it came from one.
     pub fn name(&self) -> Option<&str> {
         match self {
             Item::Image { name, .. } | Item::Failed { name, .. } => name.as_deref(),

@@ -39,10 +39,15 @@ use crate::vocab::media::{self, Format};
 /// The intake limits of one request.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
+    /// Largest single file part, in bytes (413 past it).
     pub max_file: usize,
+    /// Largest whole body, in bytes (413).
     pub max_request: usize,
+    /// Most file parts (413).
     pub max_files: usize,
+    /// Largest text field, in bytes (413).
     pub max_field: usize,
+    /// Most text fields, unknown ones included (413).
     pub max_fields: usize,
     /// Longest wait for the next chunk of the body (408 after it).
     pub body_read_timeout: Duration,
@@ -51,6 +56,7 @@ pub struct Limits {
 }
 
 impl Limits {
+    /// The limits in `c` (`bff.max_*`, `bff.body_read_timeout`).
     pub fn from_config(c: &BffConfig) -> Self {
         Limits {
             max_file: c.max_file_size.as_usize(),
@@ -78,7 +84,9 @@ pub struct FormSpec {
 /// An uploaded image, its type sniffed from its bytes.
 #[derive(Debug)]
 pub struct FilePart {
+    /// The multipart part's name (`file`, `overlay`).
     pub field: String,
+    /// The file's bytes.
     pub data: Bytes,
     /// `None` only in a batch, for a file of no supported type (compute fails its event).
     pub format: Option<Format>,
@@ -87,7 +95,9 @@ pub struct FilePart {
 /// A parsed form.
 #[derive(Debug, Default)]
 pub struct Form {
+    /// File parts, in the order received.
     pub files: Vec<FilePart>,
+    /// Text fields by name.
     pub fields: HashMap<String, String>,
     /// This form's share of the BFF's body budget, given back when the form is dropped (the
     /// handler keeps it until its answer is sent).
@@ -101,11 +111,14 @@ pub struct Form {
 /// them say so by name).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct AcceptedImages {
+    /// `image/avif` is accepted.
     pub avif: bool,
+    /// `image/webp` is accepted.
     pub webp: bool,
 }
 
 impl AcceptedImages {
+    /// Reads the `Accept` headers of a request (types with `q=0` do not count).
     pub fn from_headers(headers: &actix_web::http::header::HeaderMap) -> Self {
         let mut accepted = AcceptedImages::default();
         for value in headers.get_all(actix_web::http::header::ACCEPT) {
@@ -142,6 +155,7 @@ impl Form {
             .filter(|s| !s.is_empty())
     }
 
+    /// The first file part named `field`.
     pub fn file(&self, field: &str) -> Option<&FilePart> {
         self.files.iter().find(|f| f.field == field)
     }

@@ -50,7 +50,9 @@ pub struct AppState {
     /// The configuration the server started with. Settings that a reload may change (API
     /// keys, intake limits, timeouts) are read from [`crate::reload::Reloader::current`].
     pub config: Arc<Config>,
+    /// The lanes to compute.
     pub dispatcher: Arc<Dispatcher>,
+    /// The BFF's Prometheus registry, served on `/metrics`.
     pub registry: Registry,
     /// Where uploads and batch results are stored.
     pub store: Arc<Store>,
@@ -99,6 +101,7 @@ impl HttpMetrics {
 
 /// A built BFF, ready to serve: config, dispatcher and metrics registry.
 pub struct Bff {
+    /// What every worker shares.
     pub state: Arc<AppState>,
 }
 

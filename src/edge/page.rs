@@ -24,6 +24,7 @@ pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'
      style-src 'self'; img-src 'self' blob: data:; connect-src 'self'; form-action 'self'; \
      base-uri 'none'; frame-ancestors 'none'";
 
+/// Mounts the web page, its assets and `/openapi.json`.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(get("/", index))
         .service(get("/assets/app.js", app_js))

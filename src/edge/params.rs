@@ -116,8 +116,11 @@ fn non_negative(form: &Form, name: &str) -> Result<i32, Problem> {
     }
 }
 
+/// Text fields `POST /v1/images/compress` (and `/v1/uploads`) accepts.
 pub const COMPRESS_FIELDS: &[&str] = &["quality", "format"];
+/// Text fields `POST /v1/images/resize` accepts.
 pub const RESIZE_FIELDS: &[&str] = &["width", "height", "keep_aspect_ratio", "format", "quality"];
+/// Text fields `POST /v1/images/watermark` accepts (the logo is the `overlay` file part).
 pub const WATERMARK_FIELDS: &[&str] = &[
     "text",
     "position",
@@ -126,6 +129,7 @@ pub const WATERMARK_FIELDS: &[&str] = &[
     "format",
     "quality",
 ];
+/// Text fields `POST /v1/images/batch` accepts: `operation` and every operation's own.
 pub const BATCH_FIELDS: &[&str] = &[
     "operation",
     "quality",
@@ -139,6 +143,7 @@ pub const BATCH_FIELDS: &[&str] = &[
     "font_size",
 ];
 
+/// `quality` and `format` (absent: WebP) as compute's compress options.
 pub fn compress_options(form: &Form) -> Result<CompressOptions, Problem> {
     Ok(CompressOptions {
         quality: quality(form)?,
@@ -146,6 +151,8 @@ pub fn compress_options(form: &Form) -> Result<CompressOptions, Problem> {
     })
 }
 
+/// `width`, `height` (at least one), `keep_aspect_ratio` (default true), `format` and
+/// `quality` as compute's resize options.
 pub fn resize_options(form: &Form) -> Result<ResizeOptions, Problem> {
     let width = non_negative(form, "width")?;
     let height = non_negative(form, "height")?;
@@ -161,6 +168,8 @@ pub fn resize_options(form: &Form) -> Result<ResizeOptions, Problem> {
     })
 }
 
+/// `text`, `position` (default bottom-right), `opacity`, `font_size`, `format` and `quality`
+/// as compute's watermark options.
 pub fn watermark_options(form: &Form) -> Result<WatermarkOptions, Problem> {
     let opacity = float(form, "opacity")?.unwrap_or(0.0);
     if !(0.0..=1.0).contains(&opacity) {
@@ -179,6 +188,7 @@ pub fn watermark_options(form: &Form) -> Result<WatermarkOptions, Problem> {
     })
 }
 
+/// The Compress request for `image` with the form's options.
 pub fn compress_request(form: &Form, image: Bytes) -> Result<CompressRequest, Problem> {
     let o = compress_options(form)?;
     Ok(CompressRequest {
@@ -188,6 +198,7 @@ pub fn compress_request(form: &Form, image: Bytes) -> Result<CompressRequest, Pr
     })
 }
 
+/// The Resize request for `image` with the form's options.
 pub fn resize_request(form: &Form, image: Bytes) -> Result<ResizeRequest, Problem> {
     let o = resize_options(form)?;
     Ok(ResizeRequest {
@@ -200,6 +211,7 @@ pub fn resize_request(form: &Form, image: Bytes) -> Result<ResizeRequest, Proble
     })
 }
 
+/// The Watermark request for `image`: exactly one of `text` and an `overlay` part.
 pub fn watermark_request(form: &Form, image: Bytes) -> Result<WatermarkRequest, Problem> {
     let o = watermark_options(form)?;
     let overlay = form

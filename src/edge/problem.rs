@@ -15,9 +15,11 @@ use crate::vocab::errors::{reason, reason_of};
 /// A problem detail, ready to be answered.
 #[derive(Debug, Clone)]
 pub struct Problem {
+    /// The HTTP status answered.
     pub status: StatusCode,
     /// Short stable name, also the end of the `type` URI (`file-too-large`).
     pub kind: &'static str,
+    /// What went wrong, for the client (the JSON `detail`).
     pub detail: String,
     /// `Retry-After` in seconds, for 503s.
     pub retry_after: Option<u64>,
@@ -36,6 +38,7 @@ struct Body<'a> {
 }
 
 impl Problem {
+    /// A problem with this status, kind and detail, and no `Retry-After`.
     pub fn new(status: StatusCode, kind: &'static str, detail: impl Into<String>) -> Self {
         Problem {
             status,
@@ -45,14 +48,17 @@ impl Problem {
         }
     }
 
+    /// 400 `bad-request`: a malformed form or a bad parameter.
     pub fn bad_request(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "bad-request", detail)
     }
 
+    /// 413 `too-large`: a file, field, count or body above its limit.
     pub fn too_large(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::PAYLOAD_TOO_LARGE, "too-large", detail)
     }
 
+    /// 415 `unsupported-image-type`: bytes of no image type compute reads.
     pub fn unsupported_type(detail: impl Into<String>) -> Self {
         Self::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -61,6 +67,7 @@ impl Problem {
         )
     }
 
+    /// 404 `not-found`.
     pub fn not_found(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, "not-found", detail)
     }
@@ -75,6 +82,7 @@ impl Problem {
         Self::new(StatusCode::REQUEST_TIMEOUT, "body-timeout", detail)
     }
 
+    /// 503 with `Retry-After` (`retry_after` rounded up to whole seconds, at least 1).
     pub fn unavailable(
         kind: &'static str,
         detail: impl Into<String>,

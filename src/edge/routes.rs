@@ -21,6 +21,7 @@ use crate::dispatch::Dispatcher;
 use crate::proto::{BatchProcessRequest, Operation, ProcessChunk, ServingStatus};
 use crate::vocab::media::Format;
 
+/// Mounts the API: the image operations, batch, health checks and uploads.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(post("/v1/images/compress", compress))
         .service(post("/v1/images/resize", resize))

@@ -22,6 +22,7 @@ use crate::store::{ObjectId, ObjectInfo, Stored};
 /// Stored objects are immutable: let every cache keep them.
 const CACHE_FOREVER: &str = "public, max-age=31536000, immutable";
 
+/// Mounts `POST /v1/uploads` and `GET /v1/uploads/{id}`.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(post("/v1/uploads", upload))
         .service(get("/v1/uploads/{id}", download));

@@ -13,9 +13,13 @@ use crate::vocab::media::Format;
 /// The image types the store keeps: what compute writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ImageKind {
+    /// JPEG (`.jpg`).
     Jpeg,
+    /// PNG (`.png`).
     Png,
+    /// WebP (`.webp`).
     Webp,
+    /// AVIF (`.avif`).
     Avif,
 }
 
@@ -32,6 +36,7 @@ impl ImageKind {
         }
     }
 
+    /// The extension ending its ids (`jpg`, `png`, `webp`, `avif`).
     pub fn extension(self) -> &'static str {
         match self {
             ImageKind::Jpeg => "jpg",
@@ -51,6 +56,7 @@ impl ImageKind {
         }
     }
 
+    /// The MIME type it is served with.
     pub fn content_type(self) -> &'static str {
         match self {
             ImageKind::Jpeg => "image/jpeg",
@@ -112,10 +118,12 @@ impl ObjectId {
         })
     }
 
+    /// The id as written (`<sha256 hex>.<ext>`), also its name under the store's prefix.
     pub fn as_str(&self) -> &str {
         &self.text
     }
 
+    /// The image type its extension names.
     pub fn kind(&self) -> ImageKind {
         self.kind
     }

@@ -8,6 +8,7 @@ use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Reg
 
 use crate::metrics::{register, LATENCY_BUCKETS};
 
+/// The store's metric handles (label `backend` applied).
 #[derive(Clone)]
 pub struct StoreMetrics {
     /// Objects in the store.
@@ -27,6 +28,7 @@ pub struct StoreMetrics {
 }
 
 impl StoreMetrics {
+    /// Registers the families in `registry` with the constant label `backend`.
     pub fn new(registry: &Registry, backend: &str) -> Self {
         let labels = std::collections::HashMap::from([("backend".to_string(), backend.into())]);
         let opts = |name: &str, help: &str| Opts::new(name, help).const_labels(labels.clone());

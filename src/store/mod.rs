@@ -46,20 +46,30 @@ pub enum StoreError {
     /// No such object (answered as `None` by the public API; internal only).
     #[error("no such object")]
     NotFound,
+    /// The object store answered with an error.
     #[error("the {backend} store failed to {op} {key}: {source}")]
     Backend {
+        /// `fs` or `s3`.
         backend: &'static str,
+        /// The operation (see [`StoreError::op`]).
         op: &'static str,
+        /// The object key (or, for a listing, the prefix) it was on.
         key: String,
+        /// The object store's error.
         // Boxed: object_store's error is large, and this travels in every Result.
         #[source]
         source: Box<object_store::Error>,
     },
+    /// The object store did not answer in time.
     #[error("the {backend} store did not {op} {key} within {timeout:?}")]
     Timeout {
+        /// `fs` or `s3`.
         backend: &'static str,
+        /// The operation (see [`StoreError::op`]).
         op: &'static str,
+        /// The object key (or, for a listing, the prefix) it was on.
         key: String,
+        /// The time it was given (`store.timeout`, or longer for a listing).
         timeout: Duration,
     },
 }
@@ -88,22 +98,30 @@ pub enum PutOutcome {
 /// A stored image.
 #[derive(Debug, Clone)]
 pub struct Stored {
+    /// Its id (the hash of its bytes).
     pub id: ObjectId,
+    /// Its size in bytes.
     pub size: u64,
+    /// Whether it was new.
     pub outcome: PutOutcome,
 }
 
 /// An object as listed or looked up.
 #[derive(Debug, Clone)]
 pub struct ObjectInfo {
+    /// Its id.
     pub id: ObjectId,
+    /// Its size in bytes.
     pub size: u64,
+    /// When it was last written (the retention clock).
     pub last_modified: SystemTime,
 }
 
 /// An object being read: its size, then its bytes as they arrive.
 pub struct Object {
+    /// Its id, size and time.
     pub info: ObjectInfo,
+    /// Its bytes, chunk by chunk.
     pub stream: BoxStream<'static, Result<Bytes, StoreError>>,
 }
 
@@ -184,10 +202,12 @@ impl Store {
         })
     }
 
+    /// `fs` or `s3`.
     pub fn backend(&self) -> &'static str {
         self.backend
     }
 
+    /// The `[store]` settings it was opened with.
     pub fn config(&self) -> &StoreConfig {
         &self.config
     }

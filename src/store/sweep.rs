@@ -18,7 +18,9 @@ const STAGING_GRACE: Duration = Duration::from_secs(3600);
 /// Why the sweep removed an object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reason {
+    /// Older than `store.max_age`.
     MaxAge,
+    /// Among the oldest while the store was above `store.max_total_bytes`.
     MaxTotalBytes,
 }
 
@@ -38,9 +40,11 @@ pub struct SweepReport {
     pub scanned: usize,
     /// Objects removed, with why.
     pub removed: Vec<(ObjectId, Reason)>,
+    /// Bytes of the objects removed.
     pub removed_bytes: u64,
     /// What is left.
     pub kept: usize,
+    /// Bytes of what is left.
     pub kept_bytes: u64,
     /// Stale staging files removed (filesystem only).
     pub staging_removed: usize,

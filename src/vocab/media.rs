@@ -5,10 +5,15 @@
 /// writes (an AVIF input is an unsupported type).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Format {
+    /// JPEG (lossy).
     Jpeg,
+    /// PNG (lossless).
     Png,
+    /// WebP, lossy or lossless.
     WebP,
+    /// GIF (only its first frame is read).
     Gif,
+    /// AVIF: an output format only.
     Avif,
 }
 
@@ -38,6 +43,7 @@ impl Format {
         self != Format::Avif
     }
 
+    /// The MIME type of answers in this format (`image/jpeg`, ...).
     pub fn content_type(self) -> &'static str {
         match self {
             Format::Jpeg => "image/jpeg",
@@ -68,6 +74,7 @@ pub fn sniff_readable(data: &[u8]) -> Option<Format> {
 /// An archive container that `FileService.Extract` opens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ArchiveKind {
+    /// A ZIP archive.
     Zip,
     /// A plain (ustar/GNU/pax) tar.
     Tar,

@@ -18,11 +18,14 @@ mod tests;
 /// A general-purpose codec (the proto's `Codec`, UNSPECIFIED already resolved to zstd).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Codec {
+    /// gzip (DEFLATE), levels 1-9.
     Gzip,
+    /// Zstandard, levels -7 to 22.
     Zstd,
 }
 
 impl Codec {
+    /// The name used in error messages (`gzip`, `zstd`).
     pub fn name(self) -> &'static str {
         match self {
             Codec::Gzip => "gzip",
@@ -43,6 +46,7 @@ impl Codec {
 /// Why a file operation failed; the service maps each to a status and ErrorInfo reason.
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum FileError {
+    /// A parameter out of range, such as a level (INVALID_ARGUMENT / BAD_PARAMETER).
     #[error("{0}")]
     BadParameter(String),
     /// An archive above one of [`ArchiveLimits`] (RESOURCE_EXHAUSTED / ARCHIVE_LIMIT).
@@ -72,7 +76,9 @@ const EXPANSION_FLOOR: u64 = 64 * 1024;
 /// One regular file from an archive.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
+    /// Its path inside the archive, cleaned by [`clean_name`].
     pub name: String,
+    /// Its uncompressed contents.
     pub data: Vec<u8>,
 }
 

@@ -21,6 +21,7 @@ use super::{Limits, Mark, OutputFormat, Position, ResizeSpec, WatermarkSpec};
 /// Arguments of `imagegate op`.
 #[derive(Debug, clap::Args)]
 pub struct OpArgs {
+    /// The operation and its arguments.
     #[command(subcommand)]
     pub command: OpCommand,
 }
@@ -30,11 +31,13 @@ pub struct OpArgs {
 pub enum OpCommand {
     /// Re-encode at a quality, optionally in another format.
     Compress {
+        /// Input, output, format and quality.
         #[command(flatten)]
         common: CommonArgs,
     },
     /// Resize: fit inside WIDTH×HEIGHT (either may be 0), or exactly with --exact.
     Resize {
+        /// Input, output, format and quality.
         #[command(flatten)]
         common: CommonArgs,
         /// Box width in pixels (0 = derived from the height).
@@ -49,6 +52,7 @@ pub enum OpCommand {
     },
     /// Draw a text or logo watermark.
     Watermark {
+        /// Input, output, format and quality.
         #[command(flatten)]
         common: CommonArgs,
         /// Watermark text.
@@ -57,6 +61,7 @@ pub enum OpCommand {
         /// PNG or WebP logo to composite instead of text.
         #[arg(long)]
         overlay: Option<PathBuf>,
+        /// Where the watermark goes.
         #[arg(long, value_enum, default_value_t = PositionArg::BottomRight)]
         position: PositionArg,
         /// Opacity in (0, 1].
@@ -87,21 +92,32 @@ pub struct CommonArgs {
     pub max_pixels: u64,
 }
 
+/// An output format as `--format` spells it.
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 pub enum FormatArg {
+    /// JPEG (also spelled jpg).
     #[value(alias = "jpg")]
     Jpeg,
+    /// PNG.
     Png,
+    /// WebP.
     Webp,
+    /// AVIF.
     Avif,
 }
 
+/// A watermark position as `--position` spells it (`bottom-right`, ...).
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 pub enum PositionArg {
+    /// Bottom-right corner.
     BottomRight,
+    /// Bottom-left corner.
     BottomLeft,
+    /// Top-right corner.
     TopRight,
+    /// Top-left corner.
     TopLeft,
+    /// Centred.
     Center,
 }
 

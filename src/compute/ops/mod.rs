@@ -26,10 +26,15 @@ pub use crate::vocab::media::Format;
 /// What to write: a concrete format, or the input's own (GIF input is written as PNG).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OutputFormat {
+    /// The input's format (GIF becomes PNG).
     Keep,
+    /// JPEG.
     Jpeg,
+    /// PNG.
     Png,
+    /// WebP.
     WebP,
+    /// AVIF (at `Limits::avif_speed`).
     Avif,
 }
 
@@ -48,22 +53,29 @@ pub use crate::config::DEFAULT_AVIF_SPEED;
 /// An encoded result.
 #[derive(Debug, Clone)]
 pub struct Encoded {
+    /// The encoded bytes.
     pub data: Vec<u8>,
     /// Format actually written: never `Gif`.
     pub format: Format,
+    /// Output width in pixels.
     pub width: u32,
+    /// Output height in pixels.
     pub height: u32,
 }
 
 /// Why an operation failed; the service maps each to a gRPC status and ErrorInfo reason.
 #[derive(Debug, Error)]
 pub enum OpError {
+    /// A parameter out of range (BAD_PARAMETER).
     #[error("{0}")]
     BadParameter(String),
+    /// Bytes that are not an image type compute reads (UNSUPPORTED_FORMAT).
     #[error("{0}")]
     UnsupportedFormat(String),
+    /// An image that does not decode, or a codec that failed on it (UNDECODABLE_IMAGE).
     #[error("{0}")]
     Undecodable(String),
+    /// An input or output above `Limits::max_pixels` (PIXEL_LIMIT).
     #[error("{0}")]
     PixelLimit(String),
 }
@@ -72,34 +84,49 @@ pub enum OpError {
 /// other; `false`: exactly width × height.
 #[derive(Debug, Clone, Copy)]
 pub struct ResizeSpec {
+    /// Box width in pixels (0 with `keep_aspect`: derived from the height).
     pub width: u32,
+    /// Box height in pixels (0 with `keep_aspect`: derived from the width).
     pub height: u32,
+    /// Fit inside the box keeping the aspect ratio, rather than stretch to it.
     pub keep_aspect: bool,
 }
 
+/// Where a watermark is placed: a corner (inset by a small margin) or the centre.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Position {
+    /// Bottom-right corner.
     BottomRight,
+    /// Bottom-left corner.
     BottomLeft,
+    /// Top-right corner.
     TopRight,
+    /// Top-left corner.
     TopLeft,
+    /// Centred.
     Center,
 }
 
+/// What a watermark draws: text, or a logo image.
 #[derive(Debug, Clone)]
 pub enum Mark<'a> {
     /// Text; `font_size: None` scales it to the image.
     Text {
+        /// The text (non-blank); `\n` starts a new line.
         text: &'a str,
+        /// Font size in pixels (None or 0: about 5% of the shorter side).
         font_size: Option<u32>,
     },
     /// A PNG/WebP logo composited with its alpha.
     Overlay(&'a [u8]),
 }
 
+/// A watermark: what to draw, where, and how opaque.
 #[derive(Debug, Clone)]
 pub struct WatermarkSpec<'a> {
+    /// Text or logo.
     pub mark: Mark<'a>,
+    /// Where it goes.
     pub position: Position,
     /// In (0, 1].
     pub opacity: f32,

@@ -8,7 +8,9 @@ use crate::dispatch::{DispatchError, Dispatcher};
 use crate::proto::file_service_client::FileServiceClient;
 use crate::proto::{ExtractRequest, ExtractResponse, FileCompressRequest, FileCompressResponse};
 
+/// gRPC path of FileService.Compress (its routing and metrics name).
 pub const FILE_COMPRESS: &str = "compute.FileService/Compress";
+/// gRPC path of FileService.Extract.
 pub const EXTRACT: &str = "compute.FileService/Extract";
 
 service_client!(FileServiceClient);
@@ -28,6 +30,7 @@ impl ReportsWork for ExtractResponse {
 }
 
 impl Dispatcher {
+    /// Compresses one file with gzip or zstd.
     pub async fn file_compress(
         &self,
         req: FileCompressRequest,

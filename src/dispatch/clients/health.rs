@@ -12,6 +12,7 @@ use crate::dispatch::{DispatchError, Dispatcher};
 use crate::proto::health_service_client::HealthServiceClient;
 use crate::proto::{HealthCheckRequest, HealthCheckResponse, ServingStatus};
 
+/// gRPC path of HealthService.Check (its routing and metrics name).
 pub const HEALTH_CHECK: &str = "compute.HealthService/Check";
 
 service_client!(HealthServiceClient);

@@ -10,9 +10,13 @@ use crate::proto::{
     ResizeResponse, WatermarkRequest, WatermarkResponse,
 };
 
+/// gRPC path of ImageService.Compress (its routing and metrics name).
 pub const COMPRESS: &str = "compute.ImageService/Compress";
+/// gRPC path of ImageService.Resize.
 pub const RESIZE: &str = "compute.ImageService/Resize";
+/// gRPC path of ImageService.Watermark.
 pub const WATERMARK: &str = "compute.ImageService/Watermark";
+/// gRPC path of ImageService.BatchProcess (server streaming).
 pub const BATCH_PROCESS: &str = "compute.ImageService/BatchProcess";
 
 service_client!(ImageServiceClient);
@@ -37,6 +41,7 @@ impl ReportsWork for WatermarkResponse {
 }
 
 impl Dispatcher {
+    /// Re-encodes one image at a quality, optionally in another format.
     pub async fn compress(&self, req: CompressRequest) -> Result<CompressResponse, DispatchError> {
         self.call_unary(COMPRESS, None, req, |mut c: Client, r| async move {
             c.compress(r).await
@@ -44,6 +49,7 @@ impl Dispatcher {
         .await
     }
 
+    /// Resizes one image to fit a box, or to exactly its size.
     pub async fn resize(&self, req: ResizeRequest) -> Result<ResizeResponse, DispatchError> {
         self.call_unary(RESIZE, None, req, |mut c: Client, r| async move {
             c.resize(r).await
@@ -51,6 +57,7 @@ impl Dispatcher {
         .await
     }
 
+    /// Draws a text or logo watermark on one image.
     pub async fn watermark(
         &self,
         req: WatermarkRequest,

@@ -26,6 +26,7 @@ use super::{DispatchError, Dispatcher};
 /// A generated tonic client, made on one of a lane's channels with the lane's message limit in
 /// both directions (tonic's own default is 4 MiB).
 pub trait ServiceClient {
+    /// The client on `channel`, sending and receiving messages of up to `max_message` bytes.
     fn on_lane(channel: Channel, max_message: usize) -> Self;
 }
 
