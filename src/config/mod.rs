@@ -5,8 +5,8 @@
 //! `IMAGEGATE_LANES__HEAVY__MAX_IN_FLIGHT=64`), and the seed's `GRPC_COMPUTE_URL`. Unknown keys
 //! and bad values are refused with a message that names the key.
 //!
-//! Config is data: each part of the file has its own module ([`bff`], [`compute`], [`lanes`],
-//! [`store`], [`log`]) of plain values, and each part of the program builds its own run-time
+//! Config is data: each part of the file has its own module (`bff`, `compute`, `lanes`,
+//! `store`, `log`) of plain values, and each part of the program builds its own run-time
 //! settings from them (the lane its circuit, the edge its key check). Nothing here imports the
 //! edge, the dispatcher or compute.
 

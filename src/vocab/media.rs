@@ -101,7 +101,7 @@ impl ArchiveKind {
         }
     }
 
-    /// What the batch intake treats as an archive part: ZIP or tar (compressed or not).
+    /// The container's name, as used in messages (`zip`, `tar`, `gzip`, `zstd`).
     pub fn name(self) -> &'static str {
         match self {
             ArchiveKind::Zip => "zip",

@@ -4,7 +4,7 @@
 //!
 //! - [`image`]: ImageService (compress, resize, watermark, batch);
 //! - [`health`]: HealthService (the realtime lane's health checks, shared with the other lanes);
-//! - [`file`]: FileService (compression, archive extraction).
+//! - [`file`](mod@file): FileService (compression, archive extraction).
 //!
 //! Adding a service: its proto, a module here (method names, [`ServiceClient`] for its tonic
 //! client, [`ReportsWork`] for its answers), its server module in compute, and one routing
