@@ -317,6 +317,24 @@ fn gif_header_size(data: &[u8]) -> Result<(u32, u32), OpError> {
     Ok((le(6), le(8)))
 }
 
+/// A GIF without a global colour table (legal: "a default table may be used") gets a grey ramp
+/// as its global table, as Pillow and browsers do, so that frames without a local table decode
+/// instead of failing with "no color table". Any other GIF is returned as it is.
+fn gif_with_default_palette(data: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    const SCREEN_DESCRIPTOR_END: usize = 13;
+    const HAS_GLOBAL_TABLE: u8 = 0x80;
+    if data.len() < SCREEN_DESCRIPTOR_END || data[10] & HAS_GLOBAL_TABLE != 0 {
+        return std::borrow::Cow::Borrowed(data);
+    }
+    let mut out = Vec::with_capacity(data.len() + 768);
+    out.extend_from_slice(&data[..SCREEN_DESCRIPTOR_END]);
+    // A global table of 2^(7+1) = 256 entries; the colour resolution bits are kept.
+    out[10] |= HAS_GLOBAL_TABLE | 0x07;
+    out.extend((0..=255u8).flat_map(|v| [v, v, v]));
+    out.extend_from_slice(&data[SCREEN_DESCRIPTOR_END..]);
+    std::borrow::Cow::Owned(out)
+}
+
 fn image_error(format: Format, e: ImageError) -> OpError {
     match e {
         ImageError::Limits(l) => OpError::PixelLimit(format!(
@@ -352,6 +370,13 @@ fn decode_with_image(
         Format::WebP => ImageFormat::WebP,
         Format::Jpeg => ImageFormat::Jpeg,
         Format::Avif => return Err(OpError::UnsupportedFormat(unsupported_message(data))),
+    };
+    let with_palette;
+    let data = if format == Format::Gif {
+        with_palette = gif_with_default_palette(data);
+        &with_palette[..]
+    } else {
+        data
     };
     let mut reader = ImageReader::with_format(Cursor::new(data), image_format);
     // Second guard: the decoders' own allocation limit, sized for the largest allowed image at
@@ -396,6 +421,150 @@ fn decode_with_image(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A baseline JPEG with arithmetic entropy coding instead of Huffman, written with
+    /// libjpeg's own encoder (what `cjpeg -arithmetic` does).
+    fn arithmetic_jpeg(image: &RgbImage) -> Vec<u8> {
+        use mozjpeg_sys::*;
+        unsafe extern "C-unwind" fn fail(cinfo: &mut jpeg_common_struct) {
+            let _ = cinfo;
+            panic!("libjpeg failed while writing the test JPEG");
+        }
+        // SAFETY: the libjpeg compress sequence on zeroed structs, as its manual describes;
+        // every pointer lives until jpeg_destroy_compress, and errors unwind out of `fail`.
+        unsafe {
+            let mut err: jpeg_error_mgr = std::mem::zeroed();
+            let mut cinfo: jpeg_compress_struct = std::mem::zeroed();
+            let handler = jpeg_std_error(&mut err);
+            handler.error_exit = Some(fail);
+            cinfo.common.err = handler;
+            jpeg_CreateCompress(
+                &mut cinfo,
+                JPEG_LIB_VERSION,
+                std::mem::size_of::<jpeg_compress_struct>(),
+            );
+            let mut out: *mut u8 = std::ptr::null_mut();
+            let mut size: std::ffi::c_ulong = 0;
+            jpeg_mem_dest(&mut cinfo, &mut out, &mut size);
+            cinfo.image_width = image.width();
+            cinfo.image_height = image.height();
+            cinfo.input_components = 3;
+            cinfo.in_color_space = J_COLOR_SPACE::JCS_RGB;
+            jpeg_c_set_int_param(
+                &mut cinfo,
+                J_INT_PARAM::JINT_COMPRESS_PROFILE,
+                JCP_FASTEST as i32,
+            );
+            jpeg_set_defaults(&mut cinfo);
+            jpeg_set_quality(&mut cinfo, 90, 1);
+            cinfo.arith_code = 1;
+            cinfo.optimize_coding = 0;
+            jpeg_start_compress(&mut cinfo, 1);
+            let stride = image.width() as usize * 3;
+            for row in image.as_raw().chunks_exact(stride) {
+                let rows = [row.as_ptr()];
+                jpeg_write_scanlines(&mut cinfo, rows.as_ptr(), 1);
+            }
+            jpeg_finish_compress(&mut cinfo);
+            let bytes = std::slice::from_raw_parts(out, size as usize).to_vec();
+            jpeg_destroy_compress(&mut cinfo);
+            libc::free(out.cast());
+            bytes
+        }
+    }
+
+    #[test]
+    fn an_arithmetic_coded_jpeg_decodes() {
+        let image = crate::compute::ops::testutil::photo_like(96, 64, 11);
+        let jpeg = arithmetic_jpeg(&image);
+        // SOF9: extended sequential DCT, arithmetic coding.
+        assert!(
+            jpeg.windows(2).any(|w| w == [0xFF, 0xC9]),
+            "not arithmetic-coded"
+        );
+        let decoded = decode(&jpeg, &crate::compute::ops::testutil::limits(), None)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((decoded.image.width(), decoded.image.height()), (96, 64));
+        let diff = crate::compute::ops::testutil::region_diff(
+            &decoded.image.to_rgb8(),
+            &image,
+            0,
+            0,
+            96,
+            64,
+        );
+        assert!(diff < 10.0, "mean difference {diff}");
+        // Shrink-on-load works on it too.
+        let spec = ResizeSpec {
+            width: 24,
+            height: 16,
+            keep_aspect: true,
+        };
+        assert!(decode(&jpeg, &crate::compute::ops::testutil::limits(), Some(&spec)).is_ok());
+    }
+
+    #[test]
+    fn a_gif_without_any_colour_table_decodes_as_grey() {
+        // Pillow's no_palette.gif kind: neither a global nor a local colour table. The gif
+        // encoder will not write that, so a frame is written with a local table, which is then
+        // cut out of the bytes (the LZW data of the indices stays valid).
+        let (w, h) = (8u16, 4u16);
+        let indices: Vec<u8> = (0..u32::from(w) * u32::from(h))
+            .map(|i| (i * 8) as u8)
+            .collect();
+        let mut with_table = Vec::new();
+        {
+            let grey: Vec<u8> = (0..=255u8).flat_map(|v| [v, v, v]).collect();
+            let mut encoder = gif::Encoder::new(&mut with_table, w, h, &[]).unwrap();
+            let frame = gif::Frame::from_indexed_pixels(w, h, indices.clone(), None);
+            let frame = gif::Frame {
+                palette: Some(grey),
+                ..frame
+            };
+            encoder.write_frame(&frame).unwrap();
+        }
+        // The encoder writes a (zeroed, 2-entry) global table even when given none: cut it.
+        if with_table[10] & 0x80 != 0 {
+            let global_len = 3 << ((with_table[10] & 0x07) + 1);
+            with_table[10] &= !0x87;
+            with_table.drain(13..13 + global_len);
+        }
+        // Skip extension blocks (0x21 label, sub-blocks, 0) to the image descriptor (0x2C).
+        let mut at = 13;
+        while with_table[at] == 0x21 {
+            at += 2;
+            while with_table[at] != 0 {
+                at += 1 + with_table[at] as usize;
+            }
+            at += 1;
+        }
+        assert_eq!(with_table[at], 0x2C);
+        let flags = with_table[at + 9];
+        assert_ne!(flags & 0x80, 0, "the frame has a local table to cut");
+        let table_len = 3 << ((flags & 0x07) + 1);
+        let mut gif = with_table[..at + 9].to_vec();
+        gif.push(flags & !0x87);
+        gif.extend_from_slice(&with_table[at + 10 + table_len..]);
+        assert_eq!(gif[10] & 0x80, 0, "no global table");
+        let decoded = decode(&gif, &crate::compute::ops::testutil::limits(), None)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let rgb = decoded.image.to_rgb8();
+        for (pixel, index) in rgb.pixels().zip(&indices) {
+            assert_eq!(pixel.0, [*index; 3]);
+        }
+        // A GIF with its own table is left as it is.
+        let mut plain = Vec::new();
+        {
+            let mut encoder = gif::Encoder::new(&mut plain, 1, 1, &[255, 0, 0, 0, 0, 0]).unwrap();
+            encoder
+                .write_frame(&gif::Frame::from_indexed_pixels(1, 1, vec![0], None))
+                .unwrap();
+        }
+        assert!(matches!(
+            gif_with_default_palette(&plain),
+            std::borrow::Cow::Borrowed(_)
+        ));
+    }
 
     #[test]
     fn shrink_on_load_leaves_a_factor_of_two() {
