@@ -6,7 +6,7 @@
 
 use bytes::Bytes;
 
-use super::intake::FilePart;
+use super::intake::{BudgetHold, FilePart, Limits};
 use super::problem::Problem;
 use crate::dispatch::{DispatchError, Dispatcher};
 use crate::proto::ExtractRequest;
@@ -47,11 +47,15 @@ fn is_archive(part: &FilePart) -> bool {
 }
 
 /// The batch's items: each file part as it is, each archive part replaced by its entries.
+/// The unpacked entries stay in memory until the batch ends, so they are held in the BFF's body
+/// budget (`hold`) beside the upload itself: past `bff.max_buffered_bytes`, 503 as for uploads.
 pub async fn expand(
     dispatcher: &Dispatcher,
     parts: &[FilePart],
-    max_items: usize,
+    limits: &Limits,
+    mut hold: Option<&mut BudgetHold>,
 ) -> Result<Vec<Item>, Problem> {
+    let max_items = limits.max_files;
     let mut items = Vec::with_capacity(parts.len());
     for (number, part) in parts.iter().enumerate() {
         if !is_archive(part) {
@@ -66,6 +70,10 @@ pub async fn expand(
         };
         match dispatcher.extract(request).await {
             Ok(response) => {
+                let unpacked: usize = response.entries.iter().map(|e| e.data.len()).sum();
+                if let Some(hold) = hold.as_deref_mut() {
+                    hold.grow(unpacked, limits)?;
+                }
                 for entry in response.entries {
                     items.push(entry_item(entry.name, entry.data));
                 }

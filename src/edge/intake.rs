@@ -229,6 +229,16 @@ impl BudgetHold {
     fn new(budget: Arc<BodyBudget>) -> Self {
         BudgetHold { budget, bytes: 0 }
     }
+
+    /// Holds `n` more bytes for this request (what it unpacked, such as an archive's entries),
+    /// or answers the 503 the intake gives when the budget is spent.
+    pub fn grow(&mut self, n: usize, limits: &Limits) -> Result<(), Problem> {
+        if !self.budget.try_take(n, limits.max_buffered) {
+            return Err(over_budget(limits));
+        }
+        self.bytes += n;
+        Ok(())
+    }
 }
 
 impl Drop for BudgetHold {

@@ -175,8 +175,15 @@ async fn batch(
     if form.files.is_empty() {
         return Err(Problem::bad_request("at least one `file` part is required"));
     }
-    let max_items = limits(&state).max_files;
-    let items = super::archives::expand(&state.dispatcher, &form.files, max_items).await?;
+    let intake_limits = limits(&state);
+    let mut form = form;
+    let items = super::archives::expand(
+        &state.dispatcher,
+        &form.files,
+        &intake_limits,
+        form.budget.as_mut(),
+    )
+    .await?;
     let total = items.len();
     // What goes to compute, and where each of its answers belongs among the items.
     let mut images = Vec::with_capacity(total);

@@ -173,3 +173,32 @@ async fn archive_limits_fail_the_request() {
         Some(0.0)
     );
 }
+
+#[tokio::test]
+async fn unpacked_entries_count_against_the_body_budget() {
+    let compute = start_compute(compute_config(), None);
+    let mut config = bff_config(&compute.url());
+    let mib = imagegate::config::Size::mib(1);
+    (config.bff.max_file_size, config.bff.max_request_size) = (mib, mib);
+    config.bff.max_buffered_bytes = mib;
+    let bff = start_bff(config);
+    // ~50 KB of ZIP that unpacks to 4 MiB (86x: no bomb, but four times the budget).
+    let pattern: Vec<u8> = (0..4u32 << 20).map(|i| (i % 251) as u8).collect();
+    let zip = zip_of(&[("big.bin", &pattern)]);
+    assert!(zip.len() < 200 << 10, "{} bytes", zip.len());
+    let form = Form::new()
+        .text("operation", "compress")
+        .part("file", file(zip));
+    let body = problem(
+        post(bff.url("/v1/images/batch"), form).await,
+        reqwest::StatusCode::SERVICE_UNAVAILABLE,
+    )
+    .await;
+    assert_eq!(body["type"], "urn:imagegate:problem:bff-busy", "{body}");
+    // Nothing is still held once the request is answered.
+    let text = metrics_text(&bff).await;
+    assert_eq!(
+        metric(&text, "imagegate_http_buffered_body_bytes"),
+        Some(0.0)
+    );
+}
