@@ -1,5 +1,6 @@
 //! Test payloads shared by the unit tests, `tests/it` and the benchmarks (which cannot import
-//! each other): a photo-like image generator and PNG's CRC-32 for hand-made hostile files.
+//! each other): a photo-like image generator, PNG's CRC-32 for hand-made hostile files, and
+//! ZIP / tar / gzip builders for archive tests.
 //! Not part of the product's API.
 
 /// A photo-like RGB image: gradients, a checkerboard of hard edges and noise of range `grain`
@@ -35,6 +36,43 @@ pub fn crc32(data: &[u8]) -> u32 {
         }
     }
     !crc
+}
+
+/// A ZIP of `(name, data)` files, deflated.
+pub fn zip_of(files: &[(&str, &[u8])]) -> Vec<u8> {
+    use std::io::Write;
+    let mut writer = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let options = zip::write::SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Deflated);
+    for (name, data) in files {
+        writer.start_file(*name, options).expect("zip entry");
+        writer.write_all(data).expect("zip data");
+    }
+    writer.finish().expect("zip").into_inner()
+}
+
+/// A tar of `(name, data)` files. Names (up to 100 bytes) are written raw, unchecked, as a
+/// hostile tool would (`../x`, `/abs`).
+pub fn tar_of(files: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut builder = tar::Builder::new(Vec::new());
+    for (name, data) in files {
+        let mut header = tar::Header::new_gnu();
+        header.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+        header.set_size(data.len() as u64);
+        header.set_mode(0o644);
+        header.set_entry_type(tar::EntryType::Regular);
+        header.set_cksum();
+        builder.append(&header, *data).expect("tar entry");
+    }
+    builder.into_inner().expect("tar")
+}
+
+/// `data` as one gzip stream.
+pub fn gzip(data: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    encoder.write_all(data).expect("gzip");
+    encoder.finish().expect("gzip")
 }
 
 #[cfg(test)]

@@ -169,14 +169,14 @@ async fn batch(
         text_fields: params::BATCH_FIELDS,
         many_files: true,
     };
-    let form = read_form(&req, payload, limits(&state), &state.body_budget, &spec).await?;
+    // One reading of the limits for the intake and the archives' unpacked entries alike.
+    let intake_limits = limits(&state);
+    let mut form = read_form(&req, payload, intake_limits, &state.body_budget, &spec).await?;
     let operation = params::batch_operation(&form)?;
     let auto_format = params::varies_with_accept(&form);
     if form.files.is_empty() {
         return Err(Problem::bad_request("at least one `file` part is required"));
     }
-    let intake_limits = limits(&state);
-    let mut form = form;
     let items = super::archives::expand(
         &state.dispatcher,
         &form.files,

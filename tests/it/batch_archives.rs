@@ -2,39 +2,13 @@
 //! compute: each image inside is one item, in order of appearance; entries that are not images
 //! fail their own item; limits fail the request.
 
-use std::io::{Cursor, Write};
-
 use reqwest::multipart::Form;
 use serde_json::{json, Value};
 
 use crate::support::*;
+use imagegate::testkit::{gzip, tar_of, zip_of};
 
 const PAYLOAD_TOO_LARGE: reqwest::StatusCode = reqwest::StatusCode::PAYLOAD_TOO_LARGE;
-
-fn zip_of(files: &[(&str, &[u8])]) -> Vec<u8> {
-    let mut writer = zip::ZipWriter::new(Cursor::new(Vec::new()));
-    let options = zip::write::SimpleFileOptions::default()
-        .compression_method(zip::CompressionMethod::Deflated);
-    for (name, data) in files {
-        writer.start_file(*name, options).unwrap();
-        writer.write_all(data).unwrap();
-    }
-    writer.finish().unwrap().into_inner()
-}
-
-fn tar_gz_of(files: &[(&str, &[u8])]) -> Vec<u8> {
-    let mut builder = tar::Builder::new(Vec::new());
-    for (name, data) in files {
-        let mut header = tar::Header::new_gnu();
-        header.set_size(data.len() as u64);
-        header.set_mode(0o644);
-        builder.append_data(&mut header, name, *data).unwrap();
-    }
-    let tar = builder.into_inner().unwrap();
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-    gz.write_all(&tar).unwrap();
-    gz.finish().unwrap()
-}
 
 /// The `progress` events by index, and the `done` event.
 fn by_index(body: &str) -> (Vec<Value>, Value) {
@@ -61,7 +35,7 @@ async fn each_image_inside_an_archive_is_one_item() {
         ("nested.zip", &inner),
         ("holiday/b.png", &png(90, 60)),
     ]);
-    let tgz = tar_gz_of(&[("c.png", &png(40, 40))]);
+    let tgz = gzip(&tar_of(&[("c.png", &png(40, 40))]));
     let form = Form::new()
         .text("operation", "resize")
         .text("width", "32")

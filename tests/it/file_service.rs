@@ -7,6 +7,7 @@ use std::io::{Cursor, Read, Write};
 use crate::support::*;
 use imagegate::proto::file_service_client::FileServiceClient;
 use imagegate::proto::*;
+use imagegate::testkit::{gzip, tar_of, zip_of};
 use imagegate::vocab::errors::reason_of;
 use tonic::transport::Channel;
 use tonic::Code;
@@ -22,38 +23,6 @@ async fn client(compute: &Compute) -> FileServiceClient<Channel> {
     FileServiceClient::new(channel)
         .max_decoding_message_size(MAX)
         .max_encoding_message_size(MAX)
-}
-
-fn zip_of(files: &[(&str, &[u8])]) -> Vec<u8> {
-    let mut writer = zip::ZipWriter::new(Cursor::new(Vec::new()));
-    let options = zip::write::SimpleFileOptions::default()
-        .compression_method(zip::CompressionMethod::Deflated);
-    for (name, data) in files {
-        writer.start_file(*name, options).unwrap();
-        writer.write_all(data).unwrap();
-    }
-    writer.finish().unwrap().into_inner()
-}
-
-/// A tar whose names are written raw, as a hostile tool would.
-fn tar_of(files: &[(&str, &[u8])]) -> Vec<u8> {
-    let mut builder = tar::Builder::new(Vec::new());
-    for (name, data) in files {
-        let mut header = tar::Header::new_gnu();
-        header.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
-        header.set_size(data.len() as u64);
-        header.set_mode(0o644);
-        header.set_entry_type(tar::EntryType::Regular);
-        header.set_cksum();
-        builder.append(&header, *data).unwrap();
-    }
-    builder.into_inner().unwrap()
-}
-
-fn gzip(data: &[u8]) -> Vec<u8> {
-    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-    e.write_all(data).unwrap();
-    e.finish().unwrap()
 }
 
 #[tokio::test]

@@ -1,39 +1,13 @@
 use std::io::{Cursor, Read, Write};
 
 use super::*;
+use crate::testkit::{tar_of, zip_of};
 
 const LIMITS: ArchiveLimits = ArchiveLimits {
     max_entries: 1000,
     max_total_bytes: 64 << 20,
     max_expansion: 1000,
 };
-
-/// A ZIP of `(name, data)` files, deflated.
-pub(crate) fn zip_of(files: &[(&str, &[u8])]) -> Vec<u8> {
-    let mut writer = zip::ZipWriter::new(Cursor::new(Vec::new()));
-    let options = zip::write::SimpleFileOptions::default()
-        .compression_method(zip::CompressionMethod::Deflated);
-    for (name, data) in files {
-        writer.start_file(*name, options).unwrap();
-        writer.write_all(data).unwrap();
-    }
-    writer.finish().unwrap().into_inner()
-}
-
-/// A tar of `(name, data)` files; names are written raw (no checks), as a hostile tool would.
-pub(crate) fn tar_of(files: &[(&str, &[u8])]) -> Vec<u8> {
-    let mut builder = tar::Builder::new(Vec::new());
-    for (name, data) in files {
-        let mut header = tar::Header::new_gnu();
-        header.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
-        header.set_size(data.len() as u64);
-        header.set_mode(0o644);
-        header.set_entry_type(tar::EntryType::Regular);
-        header.set_cksum();
-        builder.append(&header, *data).unwrap();
-    }
-    builder.into_inner().unwrap()
-}
 
 fn names(entries: &[Entry]) -> Vec<&str> {
     entries.iter().map(|e| e.name.as_str()).collect()

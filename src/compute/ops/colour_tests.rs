@@ -8,7 +8,6 @@ use image::{DynamicImage, Rgb, RgbImage};
 
 use super::testutil::*;
 use super::*;
-use crate::testkit::crc32;
 
 /// Uniform colours, as P3 code values.
 const P3_COLOURS: [[u8; 3]; 3] = [[60, 180, 90], [200, 60, 50], [40, 90, 200]];
@@ -55,14 +54,11 @@ fn png_p3(colour: [u8; 3]) -> Vec<u8> {
     let plain = png_of(DynamicImage::ImageRgb8(uniform(colour)));
     let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
     z.write_all(&p3_profile()).unwrap();
-    let mut body = b"iCCP".to_vec();
-    body.extend_from_slice(b"Display P3\0\0");
+    let mut body = b"Display P3\0\0".to_vec();
     body.extend(z.finish().unwrap());
     let after_ihdr = 8 + 8 + 13 + 4;
     let mut out = plain[..after_ihdr].to_vec();
-    out.extend_from_slice(&((body.len() - 4) as u32).to_be_bytes());
-    out.extend_from_slice(&body);
-    out.extend_from_slice(&crc32(&body).to_be_bytes());
+    out.extend(png_chunk(b"iCCP", &body));
     out.extend_from_slice(&plain[after_ihdr..]);
     out
 }
@@ -77,16 +73,6 @@ fn jpeg_p3(colour: [u8; 3]) -> Vec<u8> {
     out.extend(body);
     out.extend_from_slice(&plain[2..]);
     out
-}
-
-fn riff_chunk(kind: &[u8; 4], body: &[u8]) -> Vec<u8> {
-    let mut c = kind.to_vec();
-    c.extend_from_slice(&(body.len() as u32).to_le_bytes());
-    c.extend_from_slice(body);
-    if body.len() % 2 == 1 {
-        c.push(0);
-    }
-    c
 }
 
 /// A lossless WebP (exact pixels) extended with VP8X and an ICCP chunk.

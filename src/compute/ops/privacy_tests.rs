@@ -4,7 +4,6 @@
 
 use super::testutil::*;
 use super::*;
-use crate::testkit::crc32;
 
 /// What the metadata says, so that a leak is found wherever it lands.
 const CANARY: &[u8] = b"CANARY-48.85837N-2.29448E-home-of-alice";
@@ -73,15 +72,6 @@ fn jpeg_with_metadata() -> Vec<u8> {
     out
 }
 
-fn png_chunk(kind: &[u8; 4], body: &[u8]) -> Vec<u8> {
-    let mut c = (body.len() as u32).to_be_bytes().to_vec();
-    let mut typed = kind.to_vec();
-    typed.extend_from_slice(body);
-    c.extend_from_slice(&typed);
-    c.extend_from_slice(&crc32(&typed).to_be_bytes());
-    c
-}
-
 /// A PNG with an eXIf chunk (GPS) and an iTXt XMP packet, after IHDR.
 fn png_with_metadata() -> Vec<u8> {
     let plain = png_of(image::DynamicImage::ImageRgb8(photo_like(96, 72, 3)));
@@ -93,16 +83,6 @@ fn png_with_metadata() -> Vec<u8> {
     out.extend(png_chunk(b"iTXt", &itxt));
     out.extend_from_slice(&plain[after_ihdr..]);
     out
-}
-
-fn riff_chunk(kind: &[u8; 4], body: &[u8]) -> Vec<u8> {
-    let mut c = kind.to_vec();
-    c.extend_from_slice(&(body.len() as u32).to_le_bytes());
-    c.extend_from_slice(body);
-    if body.len() % 2 == 1 {
-        c.push(0);
-    }
-    c
 }
 
 /// An extended WebP (VP8X with the EXIF and XMP flags) carrying EXIF (GPS) and XMP chunks.

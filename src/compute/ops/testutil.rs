@@ -130,3 +130,24 @@ pub(crate) fn region_diff(a: &RgbImage, b: &RgbImage, x0: u32, y0: u32, x1: u32,
     }
     sum as f64 / n.max(1) as f64
 }
+
+/// A RIFF chunk (WebP), padded to an even length.
+pub(crate) fn riff_chunk(kind: &[u8; 4], body: &[u8]) -> Vec<u8> {
+    let mut c = kind.to_vec();
+    c.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    c.extend_from_slice(body);
+    if body.len() % 2 == 1 {
+        c.push(0);
+    }
+    c
+}
+
+/// A PNG chunk: length, type, body, CRC.
+pub(crate) fn png_chunk(kind: &[u8; 4], body: &[u8]) -> Vec<u8> {
+    let mut c = (body.len() as u32).to_be_bytes().to_vec();
+    let mut typed = kind.to_vec();
+    typed.extend_from_slice(body);
+    c.extend_from_slice(&typed);
+    c.extend_from_slice(&crc32(&typed).to_be_bytes());
+    c
+}
