@@ -175,6 +175,7 @@ impl EndpointTemplate {
             .keep_alive_while_idle(true)
             .initial_stream_window_size(c.stream_window.0 as u32)
             .initial_connection_window_size(c.connection_window.0 as u32)
+            .max_frame_size(crate::vocab::limits::H2_MAX_FRAME_SIZE)
             .tcp_nodelay(true)
             // Bounds the whole connect through the TLS handshake: a hung peer whose kernel
             // still accepts connections must not hold a connect for minutes.

@@ -14,10 +14,13 @@
 //!
 //! Buffers are bounded across requests too: every chunk read is taken from one
 //! [`BodyBudget`] (`bff.max_buffered_bytes`) and given back when the request's form is
-//! dropped. A request that finds the budget spent is answered 503 + `Retry-After` at once
+//! dropped; while a body streams in, an allowance for the parsers' own buffers is held too
+//! ([`PARSER_BUFFERS`]). Files are read into one buffer sized from `Content-Length`, and that
+//! buffer is what goes to compute (no copy on the way: `dispatch::clients::zero_copy`), so
+//! the budget counts what is resident. A request that finds the budget spent is answered 503 + `Retry-After` at once
 //! (its body drained, not kept): many concurrent uploads cost waiting clients, not memory.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -241,6 +244,15 @@ impl BudgetHold {
     }
 }
 
+impl BudgetHold {
+    /// Gives `n` of the held bytes back before the rest.
+    fn shrink(&mut self, n: usize) {
+        let n = n.min(self.bytes);
+        self.budget.give_back(n);
+        self.bytes -= n;
+    }
+}
+
 impl Drop for BudgetHold {
     fn drop(&mut self) {
         self.budget.give_back(self.bytes);
@@ -259,7 +271,19 @@ struct CountedBody {
     hold: Rc<RefCell<Option<BudgetHold>>>,
     max_buffered: usize,
     over_budget: Rc<RefCell<bool>>,
+    /// Still to take with the first chunk: the request's allowance for parser buffers.
+    allowance_due: Rc<Cell<usize>>,
+    /// The allowance taken, given back when the form is read.
+    allowance_taken: Rc<Cell<usize>>,
 }
+
+/// What reading one body holds besides its own bytes while it streams in: actix's read buffer
+/// (up to 128 KiB), its payload queue (32 KiB), the multipart parser's buffer (64 KiB), the
+/// chunks on their way between them, and their growth slack. Measured: ~0.5 MiB per upload
+/// in flight (`make bench-edge`, docs/benchmarks-edge.md). It is taken from the body budget
+/// while the body is read (at most the declared body: a small upload cannot buffer more than
+/// itself), so that `bff.max_buffered_bytes` bounds what is really resident.
+const PARSER_BUFFERS: usize = 512 * 1024;
 
 /// Fires when no chunk has arrived for `limit`. The timer is re-armed lazily, from the time
 /// of the last chunk, only when it fires or when the body is waited on: a fast upload's
@@ -329,7 +353,16 @@ impl Stream for CountedBody {
 }
 
 impl CountedBody {
-    fn new(payload: web::Payload, limits: &Limits, budget: &Arc<BodyBudget>) -> Self {
+    fn new(
+        payload: web::Payload,
+        limits: &Limits,
+        budget: &Arc<BodyBudget>,
+        declared: Option<u64>,
+    ) -> Self {
+        let allowance = declared
+            .map_or(usize::MAX, |d| usize::try_from(d).unwrap_or(usize::MAX))
+            .min(limits.max_request)
+            .min(PARSER_BUFFERS);
         CountedBody {
             payload: Rc::new(RefCell::new(payload)),
             read: Rc::new(RefCell::new(0)),
@@ -338,19 +371,26 @@ impl CountedBody {
             hold: Rc::new(RefCell::new(Some(BudgetHold::new(budget.clone())))),
             max_buffered: limits.max_buffered,
             over_budget: Rc::new(RefCell::new(false)),
+            allowance_due: Rc::new(Cell::new(allowance)),
+            allowance_taken: Rc::new(Cell::new(0)),
         }
     }
 
     /// Takes `n` bytes from the budget for this request; false if it is spent.
+    /// The first chunk also takes the request's allowance for parser buffers.
     fn take_budget(&self, n: usize) -> bool {
         let mut hold = self.hold.borrow_mut();
         let Some(hold) = hold.as_mut() else {
             return true;
         };
-        if !hold.budget.try_take(n, self.max_buffered) {
+        let allowance = self.allowance_due.get();
+        if !hold.budget.try_take(n + allowance, self.max_buffered) {
             return false;
         }
-        hold.bytes += n;
+        hold.bytes += n + allowance;
+        self.allowance_due.set(0);
+        self.allowance_taken
+            .set(self.allowance_taken.get() + allowance);
         true
     }
 
@@ -447,9 +487,9 @@ pub async fn read_form(
     if declared.is_some_and(|n| n > limits.max_request as u64) {
         return Err(too_large_request(&limits));
     }
-    let body = CountedBody::new(payload, &limits, budget);
+    let body = CountedBody::new(payload, &limits, budget, declared);
     let mut multipart = Multipart::new(req.headers(), body.clone());
-    let result = read_parts(&mut multipart, &body, limits, spec).await;
+    let result = read_parts(&mut multipart, &body, limits, spec, declared).await;
     drop(multipart);
     if body.timed_out() {
         // Whatever went wrong first, a stalled body is the answer; and draining a body that
@@ -459,8 +499,12 @@ pub async fn read_form(
     match result {
         Ok(mut form) => {
             form.accept = AcceptedImages::from_headers(req.headers());
-            // The buffers now belong to the form: so does their share of the budget.
+            // The buffers now belong to the form: so does their share of the budget. The
+            // parsers' buffers are gone: their allowance is given back.
             form.budget = body.hold.borrow_mut().take();
+            if let Some(hold) = &mut form.budget {
+                hold.shrink(body.allowance_taken.get());
+            }
             Ok(form)
         }
         Err(problem) => {
@@ -477,6 +521,7 @@ async fn read_parts(
     body: &CountedBody,
     limits: Limits,
     spec: &FormSpec,
+    declared: Option<u64>,
 ) -> Result<Form, Problem> {
     let malformed = |e: actix_multipart::MultipartError| {
         if body.timed_out() {
@@ -509,7 +554,17 @@ async fn read_parts(
                     limits.max_files
                 )));
             }
-            let mut data = BytesMut::new();
+            // Sized once from the declared body (what earlier files took is not this one's): a
+            // buffer that doubles as it fills touches up to 3x the file in fresh pages, and
+            // the pages never written are never resident.
+            let files_so_far: usize = form.files.iter().map(|f| f.data.len()).sum();
+            let room = declared.map_or(0, |d| {
+                usize::try_from(d)
+                    .unwrap_or(usize::MAX)
+                    .saturating_sub(files_so_far)
+                    .min(limits.max_file)
+            });
+            let mut data = BytesMut::with_capacity(room);
             let mut format = None;
             while let Some(chunk) = field.try_next().await.map_err(malformed)? {
                 if data.len() + chunk.len() > limits.max_file {

@@ -43,18 +43,12 @@ impl ReportsWork for WatermarkResponse {
 impl Dispatcher {
     /// Re-encodes one image at a quality, optionally in another format.
     pub async fn compress(&self, req: CompressRequest) -> Result<CompressResponse, DispatchError> {
-        self.call_unary(COMPRESS, None, req, |mut c: Client, r| async move {
-            c.compress(r).await
-        })
-        .await
+        self.call_unary_with_image(COMPRESS, req).await
     }
 
     /// Resizes one image to fit a box, or to exactly its size.
     pub async fn resize(&self, req: ResizeRequest) -> Result<ResizeResponse, DispatchError> {
-        self.call_unary(RESIZE, None, req, |mut c: Client, r| async move {
-            c.resize(r).await
-        })
-        .await
+        self.call_unary_with_image(RESIZE, req).await
     }
 
     /// Draws a text or logo watermark on one image.
@@ -62,10 +56,7 @@ impl Dispatcher {
         &self,
         req: WatermarkRequest,
     ) -> Result<WatermarkResponse, DispatchError> {
-        self.call_unary(WATERMARK, None, req, |mut c: Client, r| async move {
-            c.watermark(r).await
-        })
-        .await
+        self.call_unary_with_image(WATERMARK, req).await
     }
 
     /// One chunk per image as compute finishes it.

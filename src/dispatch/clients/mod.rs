@@ -13,6 +13,7 @@
 pub mod file;
 pub mod health;
 pub mod image;
+mod zero_copy;
 
 use std::future::Future;
 use std::time::Duration;
@@ -72,6 +73,26 @@ impl Dispatcher {
         let max = lane.config().max_message_size.as_usize();
         lane.unary_within(method, within, request, |channel, r| {
             call(C::on_lane(channel, max), r)
+        })
+        .await
+    }
+
+    /// A unary `method` whose request carries an upload: like [`call_unary`](Self::call_unary),
+    /// but the image bytes go to the wire from the upload's own buffer, not copied into an
+    /// encode buffer first (see [`zero_copy`]).
+    pub(crate) async fn call_unary_with_image<Req, Resp>(
+        &self,
+        method: &'static str,
+        request: Req,
+    ) -> Result<Resp, DispatchError>
+    where
+        Req: zero_copy::ImagePayload + Clone + Send + 'static,
+        Resp: ReportsWork + prost::Message + Default + Send + 'static,
+    {
+        let lane = self.lane_for(method);
+        let max = lane.config().max_message_size.as_usize();
+        lane.unary_within(method, None, request, |channel, r| {
+            zero_copy::unary(channel, method, r, max)
         })
         .await
     }
