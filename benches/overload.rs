@@ -10,6 +10,8 @@
 //!          [--cap 8] [--queue-waits 250ms,0ms] [--factor 4] [--secs 20] [--width 1024] [--grain 4]
 //! overload --phase failover --bin target/release/imagegate --work DIR [--out FILE]
 //!          [--rate 15] [--down-secs 4]
+//! overload --phase frozen --bin target/release/imagegate --work DIR [--out FILE]
+//!          [--rate 15] [--down-secs 20]
 //! ```
 //!
 //! - `overload`: for each queue wait in `--queue-waits`, a fresh BFF whose heavy lane has
@@ -34,6 +36,11 @@
 //!   calls refused by the open circuit, every failed request attributed to "in flight at the
 //!   kill", "sent while compute was down" or "sent after the restart", the BFF still alive,
 //!   and the in-flight gauge back at 0.
+//! - `frozen`: two compute replicas behind one BFF (default config), the same load and poller;
+//!   one replica is SIGSTOPped 4 s in (its kernel still accepts connections, nothing answers)
+//!   and SIGCONTed `--down-secs` later. Reported: the share of `/health` 200s in windows after
+//!   the freeze, image calls' answers and latency, the realtime lane's deadlines and rejections
+//!   and the ejected endpoints at the thaw, and thaw → the replica completes work again.
 //!
 //! Every loop is bounded by a count and a time limit; every request by a timeout.
 
@@ -49,7 +56,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use support::*;
 
-const USAGE: &str = "usage: overload --phase overload|failover --bin PATH --work DIR [--out FILE] \
+const USAGE: &str = "usage: overload --phase overload|capacity|failover|frozen --bin PATH --work DIR [--out FILE] \
 [--cap N] [--max-queued N] [--queue-waits 250ms,0ms] [--lanes adaptive,fixed,tuned] [--compute-workers N] [--factor F] [--secs S] [--width PX] [--grain G] [--rate R] [--down-secs S]\n\
 Normally run by `make bench-overload` (scripts/bench-overload.sh).";
 
@@ -83,9 +90,9 @@ fn parse_args() -> Result<Option<Args>, String> {
     let Some(phase) = f.take("phase") else {
         return Ok(None);
     };
-    if !["overload", "failover", "capacity"].contains(&phase.as_str()) {
+    if !["overload", "failover", "capacity", "frozen"].contains(&phase.as_str()) {
         return Err(format!(
-            "--phase must be overload, failover or capacity, got {phase:?}"
+            "--phase must be overload, failover, capacity or frozen, got {phase:?}"
         ));
     }
     let bin = f.take("bin").ok_or("--bin is needed")?.into();
@@ -1567,6 +1574,271 @@ async fn failover(args: &Args, report: &mut Report) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Sends `signal` (`STOP`, `CONT`) to a process.
+fn signal(pid: u32, signal: &str) -> anyhow::Result<()> {
+    let status = std::process::Command::new("kill")
+        .args([format!("-{signal}"), pid.to_string()])
+        .status()?;
+    anyhow::ensure!(status.success(), "kill -{signal} {pid} failed");
+    Ok(())
+}
+
+/// Two compute replicas, one SIGSTOPped under load (its kernel still accepts connections,
+/// nothing answers), then SIGCONTed: how `/health` and image calls fare, what the lane metrics
+/// show, and when the thawed replica gets work again.
+async fn frozen_replica(args: &Args, report: &mut Report) -> anyhow::Result<()> {
+    let data = jpeg_grain(args.width, args.width * 2 / 3, args.grain);
+    let (ports_a, ports_b) = (Ports::new(), Ports::new());
+    let mut env = base_env(&ports_a, &args.work);
+    let list = format!(
+        "http://127.0.0.1:{},http://127.0.0.1:{}",
+        ports_a.grpc, ports_b.grpc
+    );
+    for (k, v) in env.iter_mut() {
+        if k == "GRPC_COMPUTE_URL" {
+            *v = list.clone();
+        }
+    }
+    let http = http_client(64);
+    let mut a = spawn_compute(
+        &args.bin,
+        &ports_a,
+        &env,
+        args.work.join("frozen-compute-a.log"),
+    )?;
+    let mut b = spawn_compute(
+        &args.bin,
+        &ports_b,
+        &env,
+        args.work.join("frozen-compute-b.log"),
+    )?;
+    wait_up(
+        &http,
+        &mut a,
+        &ports_a.compute_metrics_url(),
+        Duration::from_secs(30),
+    )
+    .await?;
+    wait_up(
+        &http,
+        &mut b,
+        &ports_b.compute_metrics_url(),
+        Duration::from_secs(30),
+    )
+    .await?;
+    let mut bff = spawn_bff(&args.bin, &ports_a, &env, args.work.join("frozen-bff.log"))?;
+    wait_up(
+        &http,
+        &mut bff,
+        &format!("{}/health", ports_a.bff_url()),
+        Duration::from_secs(30),
+    )
+    .await?;
+    let target = Target {
+        http: http.clone(),
+        url: ports_a.bff_url(),
+        data: data.clone(),
+        origin: Instant::now(),
+    };
+    for _ in 0..20 {
+        let _ = target.compress(0.0).await;
+    }
+    let origin = Instant::now();
+    let target = Target { origin, ..target };
+    let freeze_at = 4.0;
+    let frozen_for = args.down_secs;
+    let thaw_watch = 30.0;
+    let total = freeze_at + frozen_for + thaw_watch;
+
+    // /health one at a time, 10 ms apart; heavy load as an open loop.
+    let stop = Arc::new(AtomicBool::new(false));
+    let health_log: Arc<Mutex<Vec<Outcome>>> = Arc::default();
+    let poller = {
+        let t = target.clone();
+        let stop = stop.clone();
+        let log = health_log.clone();
+        tokio::spawn(async move {
+            for _ in 0..100_000 {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let o = t.health(t.origin.elapsed().as_secs_f64()).await;
+                log.lock().unwrap().push(o);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+    };
+    let load = {
+        let t = target.clone();
+        let rate = args.rate;
+        tokio::spawn(async move { open_loop(&t, rate, total, (rate * total) as usize + 1).await })
+    };
+    let operations = async |ports: &Ports| {
+        scrape(&http, &ports.compute_metrics_url())
+            .await
+            .map(|t| metric_sum(&t, "imagegate_compute_operations_total", &["result=\"ok\""]))
+    };
+
+    tokio::time::sleep_until((origin + Duration::from_secs_f64(freeze_at)).into()).await;
+    let t_freeze = origin.elapsed().as_secs_f64();
+    signal(b.pid(), "STOP")?;
+    eprintln!("replica B SIGSTOPped at {t_freeze:.3} s for {frozen_for} s");
+    tokio::time::sleep(Duration::from_secs_f64(frozen_for)).await;
+    // What the dashboard shows at the end of the hang.
+    let during = scrape(&http, &format!("{}/metrics", ports_a.bff_url()))
+        .await
+        .unwrap_or_default();
+    let t_thaw = origin.elapsed().as_secs_f64();
+    signal(b.pid(), "CONT")?;
+    let ops_at_thaw = operations(&ports_b).await;
+    // When B completes image work again (its own counter; 250 ms polls).
+    let mut back_at = None;
+    while origin.elapsed().as_secs_f64() < t_thaw + thaw_watch {
+        if let (Some(now), Some(then)) = (operations(&ports_b).await, ops_at_thaw) {
+            if now > then {
+                back_at = Some(origin.elapsed().as_secs_f64());
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let (load_out, skipped, _) = load.await.expect("load task");
+    stop.store(true, Ordering::Relaxed);
+    let _ = poller.await;
+    let health = health_log.lock().unwrap().clone();
+    let (settled, settle_time) =
+        in_flight_settles(&http, &ports_a.bff_url(), "heavy", Duration::from_secs(10)).await;
+    let alive = bff.alive();
+    bff.stop();
+    a.stop();
+    b.stop();
+
+    // /health in windows after the freeze.
+    let windows = [(0.0, 1.0), (1.0, 5.0), (5.0, 15.0), (15.0, frozen_for)];
+    let share_ok = |from: f64, to: f64| {
+        let w: Vec<&Outcome> = health
+            .iter()
+            .filter(|o| o.sent >= t_freeze + from && o.sent < t_freeze + to)
+            .collect();
+        let ok = w.iter().filter(|o| o.status == 200).count();
+        (ok, w.len())
+    };
+    // Image calls by when they were sent.
+    let heavy = |from: f64, to: f64| -> Vec<&Outcome> {
+        load_out
+            .iter()
+            .filter(|o| o.sent >= from && o.sent < to)
+            .collect()
+    };
+    let describe = |calls: &[&Outcome]| {
+        let ok: Vec<Duration> = {
+            let mut v: Vec<Duration> = calls
+                .iter()
+                .filter(|o| o.status == 200)
+                .map(|o| o.latency())
+                .collect();
+            v.sort();
+            v
+        };
+        let codes = status_histogram(calls.iter().copied());
+        (ok, codes)
+    };
+    let realtime_deadlines = metric_sum(
+        &during,
+        "imagegate_lane_requests_total",
+        &["lane=\"realtime\"", "code=\"DEADLINE_EXCEEDED\""],
+    );
+    let realtime_rejected = metric_sum(
+        &during,
+        "imagegate_lane_rejected_total",
+        &["lane=\"realtime\""],
+    );
+    let ejected = |lane: &str| {
+        metric(
+            &during,
+            &format!("imagegate_lane_endpoints{{lane=\"{lane}\",state=\"ejected\"}}"),
+        )
+        .map_or("?".into(), |v| format!("{v:.0}"))
+    };
+
+    report.line(format!(
+        "### A frozen replica: one of two computes SIGSTOPped for {frozen_for:.0} s under load, then SIGCONTed"
+    ));
+    report.line("");
+    report.line(format!(
+        "Default config, `compute_url` = both replicas. Load: an open loop of `POST /v1/images/compress` \
+         ({}×{} JPEG, {}) at {} req/s, plus `GET /health` one at a time every 10 ms. Freeze at \
+         {t_freeze:.3} s, thaw at {t_thaw:.3} s (phase clock).",
+        args.width,
+        args.width * 2 / 3,
+        human_bytes(data.len()),
+        args.rate
+    ));
+    report.line("");
+    report.line("| measure | value | target | |");
+    report.line("|---|---|---|---|");
+    for (from, to) in windows {
+        let (ok, n) = share_ok(from, to);
+        let share = ok as f64 / n.max(1) as f64;
+        let judged = from >= 15.0;
+        report.line(format!(
+            "| `/health` 200, sent {from:.0}–{to:.0} s after the freeze | {ok} of {n} ({:.1} %) | {} | {} |",
+            share * 100.0,
+            if judged { "≥ 95 % from 15 s on" } else { "" },
+            if judged { verdict(n > 0 && share >= 0.95) } else { "" }
+        ));
+    }
+    let (early_ok, early_codes) = describe(&heavy(t_freeze, t_freeze + 5.0));
+    report.line(format!(
+        "| image calls sent 0–5 s after the freeze: answers; 200 latency p50 / max | {}; {} / {} | | |",
+        histogram(&early_codes),
+        ms(pct(&early_ok, 50.0)),
+        ms(pct(&early_ok, 100.0))
+    ));
+    let late = heavy(t_freeze + 5.0, t_thaw);
+    let (late_ok, late_codes) = describe(&late);
+    let late_max = pct(&late_ok, 100.0);
+    report.line(format!(
+        "| image calls sent 5 s after the freeze until the thaw: answers; 200 latency p50 / p99 / max | {}; {} / {} / {} | all 200, each < 5 s | {} |",
+        histogram(&late_codes),
+        ms(pct(&late_ok, 50.0)),
+        ms(pct(&late_ok, 99.0)),
+        ms(late_max),
+        verdict(!late.is_empty() && late_ok.len() == late.len() && late_max < Duration::from_secs(5))
+    ));
+    report.line(format!(
+        "| at the thaw: realtime `DEADLINE_EXCEEDED` calls / realtime rejections (lane metrics) | {realtime_deadlines:.0} / {realtime_rejected:.0} | the hang shows | {} |",
+        verdict(realtime_deadlines + realtime_rejected > 0.0)
+    ));
+    report.line(format!(
+        "| at the thaw: endpoints ejected, realtime / heavy | {} / {} | | |",
+        ejected("realtime"),
+        ejected("heavy")
+    ));
+    report.line(format!(
+        "| thaw → the replica completes image work again | {} | ≤ 30 s | {} |",
+        back_at.map_or("never (in 30 s)".into(), |t| format!("{:.1} s", t - t_thaw)),
+        verdict(back_at.is_some_and(|t| t - t_thaw <= 30.0))
+    ));
+    report.line(format!(
+        "| image calls: sent (skipped); 5xx other than 503 | {} ({skipped}); {} | | |",
+        load_out.len(),
+        load_out
+            .iter()
+            .filter(|o| o.status >= 500 && o.status != 503)
+            .count()
+    ));
+    report.line(format!(
+        "| BFF alive at the end; heavy in flight after the run | {}; {} (after {:.1} s) | alive; 0 | {} |",
+        if alive { "yes" } else { "**no**" },
+        settled.map_or("?".into(), |v| format!("{v:.0}")),
+        settle_time.as_secs_f64(),
+        verdict(alive && settled == Some(0.0))
+    ));
+    report.line("");
+    Ok(())
+}
+
 // ---------------------------------------------------------------------------------------------
 
 fn main() -> anyhow::Result<()> {
@@ -1591,6 +1863,7 @@ fn main() -> anyhow::Result<()> {
         match args.phase.as_str() {
             "overload" => overload(&args, &mut report).await,
             "capacity" => capacity_change(&args, &mut report).await,
+            "frozen" => frozen_replica(&args, &mut report).await,
             _ => failover(&args, &mut report).await,
         }
     });

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The heavy lane under 4× overload, and failover when compute is SIGKILLed under load.
+# The heavy lane under 4× overload, failover when compute is SIGKILLed under load, and one of two
+# replicas frozen (SIGSTOP) under load.
 #
 #   scripts/bench-overload.sh                       # what `make bench-overload` runs (~3 minutes)
 #   OVERLOAD_CAP=8 OVERLOAD_QUEUE_WAITS=250ms,0ms OVERLOAD_FACTOR=4 OVERLOAD_SECS=20 scripts/bench-overload.sh
@@ -8,6 +9,8 @@
 #                                               # (default: adaptive,fixed,tuned side by side)
 #   FAILOVER_RATE=15 FAILOVER_DOWN_SECS=4 scripts/bench-overload.sh
 #   OVERLOAD_PHASES=failover scripts/bench-overload.sh   # one phase only
+#   OVERLOAD_PHASES=frozen FROZEN_SECS=20 scripts/bench-overload.sh
+#                              # two replicas, one SIGSTOPped for FROZEN_SECS under load, then SIGCONTed
 #   OVERLOAD_PHASES=capacity CAPACITY_PHASE_SECS=20 scripts/bench-overload.sh
 #                              # compute restarted with half its workers, then all, under one adaptive BFF
 #
@@ -19,7 +22,7 @@ set -euo pipefail
 
 cd "$(dirname "$0")/.."
 WORK=${BENCH_DIR:-target/bench-overload}
-PHASES=${OVERLOAD_PHASES:-overload capacity failover}
+PHASES=${OVERLOAD_PHASES:-overload capacity failover frozen}
 mkdir -p "$WORK"
 WORK=$(cd "$WORK" && pwd)
 RESULTS=$WORK/results.md
@@ -68,7 +71,12 @@ for phase in $PHASES; do
             --rate "${FAILOVER_RATE:-15}" --down-secs "${FAILOVER_DOWN_SECS:-4}" \
             --width "${OVERLOAD_WIDTH:-1024}" --grain "${OVERLOAD_GRAIN:-4}" --out "$RESULTS" || die "failover phase failed"
         ;;
-    *) die "unknown phase $phase (overload, capacity, failover)" ;;
+    frozen)
+        timeout --signal=INT 300 "$BENCH" --phase frozen --bin "$BIN" --work "$WORK" \
+            --rate "${FAILOVER_RATE:-15}" --down-secs "${FROZEN_SECS:-20}" \
+            --width "${OVERLOAD_WIDTH:-1024}" --grain "${OVERLOAD_GRAIN:-4}" --out "$RESULTS" || die "frozen phase failed"
+        ;;
+    *) die "unknown phase $phase (overload, capacity, failover, frozen)" ;;
     esac
     echo "load average after $phase: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$RESULTS"
     echo | tee -a "$RESULTS"
