@@ -15,6 +15,9 @@
 #   colour:    imagegate's thumbnail of in.jpg vs of the same JPEG with an embedded ICC profile
 #              (vips' built-in sRGB profile: converted like any other, so it costs the same as
 #              a Display-P3 one); target <= 1.05
+#   avif:      scripts/bench-avif.py: our AVIF (rav1e, speed 8, one thread) vs vips heifsave AV1
+#              (libaom, effort 1) vs our WebP and JPEG, four qualities each, scored with
+#              SSIMULACRA2: bytes at equal quality, wall/CPU time and peak RSS (BENCH_AVIF=0 skips)
 #
 # Fairness: in "pinned" mode both sides run under `taskset -c 0` with VIPS_CONCURRENCY=1, i.e.
 # one thread each on the same core (imagegate's operations are single-threaded per image: the
@@ -169,3 +172,17 @@ case "$MODE" in
         ;;
     *) echo "BENCH_MODE must be pinned, machine or both" >&2; exit 2 ;;
 esac
+
+# --- AVIF against WebP and JPEG, and against libvips' AVIF (scripts/bench-avif.py) -----------
+# SSIMULACRA2 from PyPI, in a venv of its own under target/ (nothing installed by hand).
+if [ "${BENCH_AVIF:-1}" != 0 ]; then
+    VENV=$WORK/venv
+    if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c 'import ssimulacra2' 2>/dev/null; then
+        python3 -m venv "$VENV"
+        "$VENV/bin/pip" install -q --disable-pip-version-check 'ssimulacra2==0.3.0'
+    fi
+    echo
+    echo "AVIF: 20 encodes of the 24 MP photo, each scored (about 4 minutes) ..."
+    "$VENV/bin/python" scripts/bench-avif.py --bin "$BIN" --input "$IN" --work "$WORK/avif" \
+        | tee "$WORK/avif.md"
+fi

@@ -7,9 +7,10 @@ use serde::{Deserialize, Serialize};
 
 use super::*;
 
-/// Default AVIF encoder speed (`compute.avif_speed`): a 24 MP photo in a few seconds on one
-/// core (see docs/benchmarks-ops.md), at a size still well under WebP's.
-pub const DEFAULT_AVIF_SPEED: u8 = 8;
+/// Default AVIF encoder speed (`compute.avif_speed`), rav1e's fastest: a 24 MP photo in ~6-7 s
+/// on one core of our bench machine. Speed 8 makes ~10 % smaller files at equal SSIMULACRA2 but
+/// takes 14-24 s, too close to the heavy lane's 30 s deadline (docs/benchmarks-ops.md).
+pub const DEFAULT_AVIF_SPEED: u8 = 10;
 
 /// The largest `tcp_rto_min` Linux takes (TCP_RTO_MIN is 200 ms; larger values are refused by
 /// the kernel, so they are refused here, at start, naming the key).

@@ -90,6 +90,9 @@ pub struct CommonArgs {
     /// Largest decoded or produced image, in pixels.
     #[arg(long, default_value_t = 50_000_000)]
     pub max_pixels: u64,
+    /// AVIF encoder speed, 1 (slowest, smallest) to 10 (fastest): `compute.avif_speed`.
+    #[arg(long, default_value_t = super::DEFAULT_AVIF_SPEED, value_parser = clap::value_parser!(u8).range(1..=10))]
+    pub avif_speed: u8,
 }
 
 /// An output format as `--format` spells it.
@@ -167,7 +170,7 @@ pub fn run(args: OpArgs) -> anyhow::Result<()> {
     let out = output_format(common.format, &common.output);
     let limits = Limits {
         max_pixels: common.max_pixels,
-        avif_speed: super::DEFAULT_AVIF_SPEED,
+        avif_speed: common.avif_speed,
     };
     let quality = common.quality;
 
