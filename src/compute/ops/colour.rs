@@ -33,6 +33,35 @@ pub(crate) fn jpeg_icc<'a>(app2: impl Iterator<Item = &'a [u8]>) -> Option<Vec<u
     )
 }
 
+/// CMYK pixels (4 bytes each, as libjpeg hands them over; `inverted` for Adobe JPEGs, which
+/// store 255 − ink) converted to sRGB through their embedded CMYK profile: a press profile
+/// describes what each ink mix looks like, which no formula does. `None` when `icc` is not a
+/// usable CMYK profile (the caller then falls back to the naive formula).
+pub(crate) fn cmyk_to_srgb(cmyk: &[u8], inverted: bool, icc: &[u8]) -> Option<Vec<u8>> {
+    let source = ColorProfile::new_from_slice(icc).ok()?;
+    if source.color_space != DataColorSpace::Cmyk {
+        return None;
+    }
+    let transform = source
+        .create_transform_8bit(
+            Layout::Rgba,
+            &ColorProfile::new_srgb(),
+            Layout::Rgb,
+            TransformOptions::default(),
+        )
+        .inspect_err(|e| tracing::debug!("no transform from an embedded CMYK profile: {e:?}"))
+        .ok()?;
+    // ICC CMYK values are ink amounts (0 = none).
+    let ink: Vec<u8> = if inverted {
+        cmyk.iter().map(|v| 255 - v).collect()
+    } else {
+        cmyk.to_vec()
+    };
+    let mut rgb = vec![0u8; cmyk.len() / 4 * 3];
+    transform.transform(&ink, &mut rgb).ok()?;
+    Some(rgb)
+}
+
 /// `image` (8-bit RGB or RGBA) converted from the space `icc` describes to sRGB. Unchanged
 /// without a profile, or with one that is unusable for RGB pixels.
 pub(crate) fn to_srgb(image: DynamicImage, icc: Option<&[u8]>) -> DynamicImage {

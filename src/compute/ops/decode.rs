@@ -245,7 +245,12 @@ fn decode_jpeg_inner(
         let (w, h) = (started.width(), started.height());
         let cmyk: Vec<u8> = started.read_scanlines().map_err(io_err)?;
         started.finish().map_err(io_err)?;
-        (w, h, cmyk_to_rgb(&cmyk, adobe))
+        // Through the embedded press profile when there is one; the naive formula otherwise.
+        let rgb = icc
+            .as_deref()
+            .and_then(|profile| colour::cmyk_to_srgb(&cmyk, adobe, profile))
+            .unwrap_or_else(|| cmyk_to_rgb(&cmyk, adobe));
+        (w, h, rgb)
     } else {
         // Gray and YCbCr both convert to RGB inside libjpeg-turbo (SIMD).
         let mut started = dec.rgb().map_err(io_err)?;
@@ -261,7 +266,7 @@ fn decode_jpeg_inner(
     let rgb = RgbImage::from_raw(w, h, rgb).ok_or_else(|| {
         OpError::Undecodable("the JPEG decoded to fewer pixels than it declares".to_string())
     })?;
-    // A CMYK profile is not applied: CMYK keeps the naive conversion above.
+    // CMYK is already sRGB here (its profile, if any, was applied above).
     let icc = if cmyk { None } else { icc };
     let mut image = colour::to_srgb(DynamicImage::ImageRgb8(rgb), icc.as_deref());
     image.apply_orientation(orientation);
@@ -273,7 +278,7 @@ fn decode_jpeg_inner(
     })
 }
 
-/// Naive CMYK → RGB (no ICC profile). Adobe (Photoshop) JPEGs store CMYK inverted, i.e. as
+/// Naive CMYK → RGB (for CMYK without a usable ICC profile). Adobe (Photoshop) JPEGs store CMYK inverted, i.e. as
 /// 255 − ink; others store ink directly.
 fn cmyk_to_rgb(cmyk: &[u8], inverted: bool) -> Vec<u8> {
     let mut rgb = Vec::with_capacity(cmyk.len() / 4 * 3);
