@@ -257,6 +257,41 @@ impl Target {
     }
 }
 
+/// `GET /health` one request at a time, 10 ms apart, until finished (at most 100 000 polls).
+struct HealthPoller {
+    stop: Arc<AtomicBool>,
+    log: Arc<Mutex<Vec<Outcome>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl HealthPoller {
+    fn start(target: &Target) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let log: Arc<Mutex<Vec<Outcome>>> = Arc::default();
+        let task = {
+            let (t, stop, log) = (target.clone(), stop.clone(), log.clone());
+            tokio::spawn(async move {
+                for _ in 0..100_000 {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let o = t.health(t.origin.elapsed().as_secs_f64()).await;
+                    log.lock().unwrap().push(o);
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            })
+        };
+        HealthPoller { stop, log, task }
+    }
+
+    /// Stops polling and returns every outcome, in order.
+    async fn finish(self) -> Vec<Outcome> {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.task.await;
+        self.log.lock().unwrap().clone()
+    }
+}
+
 /// The end of a problem's `type` URI; for a 502 also its detail; for a `/health` 503 the
 /// message it gives for compute.
 fn problem_kind(body: &[u8]) -> String {
@@ -1337,23 +1372,7 @@ async fn failover(args: &Args, report: &mut Report) -> anyhow::Result<()> {
     let total = kill_at + down + 12.0;
 
     // /health poller: one request at a time, 10 ms apart.
-    let stop = Arc::new(AtomicBool::new(false));
-    let health_log: Arc<Mutex<Vec<Outcome>>> = Arc::default();
-    let poller = {
-        let t = target.clone();
-        let stop = stop.clone();
-        let log = health_log.clone();
-        tokio::spawn(async move {
-            for _ in 0..100_000 {
-                if stop.load(Ordering::Relaxed) {
-                    break;
-                }
-                let o = t.health(t.origin.elapsed().as_secs_f64()).await;
-                log.lock().unwrap().push(o);
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        })
-    };
+    let poller = HealthPoller::start(&target);
     // Heavy load.
     let load = {
         let t = target.clone();
@@ -1382,9 +1401,7 @@ async fn failover(args: &Args, report: &mut Report) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let (load_out, skipped, _) = load.await.expect("load task");
-    stop.store(true, Ordering::Relaxed);
-    let _ = poller.await;
-    let health = health_log.lock().unwrap().clone();
+    let health = poller.finish().await;
     let (settled, settle_time) =
         in_flight_settles(&http, &ports.bff_url(), "heavy", Duration::from_secs(10)).await;
     let live = http
@@ -1651,23 +1668,7 @@ async fn frozen_replica(args: &Args, report: &mut Report) -> anyhow::Result<()> 
     let total = freeze_at + frozen_for + thaw_watch;
 
     // /health one at a time, 10 ms apart; heavy load as an open loop.
-    let stop = Arc::new(AtomicBool::new(false));
-    let health_log: Arc<Mutex<Vec<Outcome>>> = Arc::default();
-    let poller = {
-        let t = target.clone();
-        let stop = stop.clone();
-        let log = health_log.clone();
-        tokio::spawn(async move {
-            for _ in 0..100_000 {
-                if stop.load(Ordering::Relaxed) {
-                    break;
-                }
-                let o = t.health(t.origin.elapsed().as_secs_f64()).await;
-                log.lock().unwrap().push(o);
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        })
-    };
+    let poller = HealthPoller::start(&target);
     let load = {
         let t = target.clone();
         let rate = args.rate;
@@ -1703,9 +1704,7 @@ async fn frozen_replica(args: &Args, report: &mut Report) -> anyhow::Result<()> 
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     let (load_out, skipped, _) = load.await.expect("load task");
-    stop.store(true, Ordering::Relaxed);
-    let _ = poller.await;
-    let health = health_log.lock().unwrap().clone();
+    let health = poller.finish().await;
     let (settled, settle_time) =
         in_flight_settles(&http, &ports_a.bff_url(), "heavy", Duration::from_secs(10)).await;
     let alive = bff.alive();

@@ -142,16 +142,23 @@ timeout --signal=INT 300 "$BENCH" --phase speed \
     || die "speed phase failed"
 
 # --- phase 2: peak RSS, on a fresh BFF configured to admit the uploads -----------------------
-stop "$BFF_PID"
-BFF_PID=""
-IMAGEGATE_LANES__HEAVY__MAX_IN_FLIGHT=$UPLOADS \
-IMAGEGATE_LANES__HEAVY__QUEUE_WAIT=60s \
-IMAGEGATE_LANES__HEAVY__DEADLINE=120s \
-IMAGEGATE_BFF__MAX_FILE_SIZE=$((UPLOAD_MIB + 2))MiB \
-IMAGEGATE_BFF__MAX_REQUEST_SIZE=$((UPLOAD_MIB + 4))MiB \
-    "$BIN" bff --listen "127.0.0.1:$P_BFF2" >"$WORK/bff-memory.log" 2>&1 &
-BFF_PID=$!
-wait_up "bff (memory phase)" "$BFF_PID" "http://127.0.0.1:$P_BFF2/health" "$WORK/bff-memory.log"
+# upload_bff NAME [VAR=VALUE ...]: a fresh BFF on P_BFF2 whose limits admit every upload of the
+# memory phases (plus the given settings); its log is $WORK/bff-NAME.log.
+upload_bff() {
+    local name=$1
+    shift
+    stop "$BFF_PID"
+    BFF_PID=""
+    env IMAGEGATE_LANES__HEAVY__MAX_IN_FLIGHT="$UPLOADS" \
+        IMAGEGATE_LANES__HEAVY__QUEUE_WAIT=60s \
+        IMAGEGATE_LANES__HEAVY__DEADLINE=120s \
+        IMAGEGATE_BFF__MAX_FILE_SIZE=$((UPLOAD_MIB + 2))MiB \
+        IMAGEGATE_BFF__MAX_REQUEST_SIZE=$((UPLOAD_MIB + 4))MiB \
+        "$@" "$BIN" bff --listen "127.0.0.1:$P_BFF2" >"$WORK/bff-$name.log" 2>&1 &
+    BFF_PID=$!
+    wait_up "bff ($name phase)" "$BFF_PID" "http://127.0.0.1:$P_BFF2/health" "$WORK/bff-$name.log"
+}
+upload_bff memory
 {
     echo "memory-phase BFF: lanes.heavy.max_in_flight=$UPLOADS, queue_wait=60s, deadline=120s," \
         "bff.max_file_size=$((UPLOAD_MIB + 2))MiB, bff.max_request_size=$((UPLOAD_MIB + 4))MiB;" \
@@ -167,17 +174,7 @@ timeout --signal=INT 300 "$BENCH" --phase memory \
 # bff.max_buffered_bytes must bound what is really resident: uploads past it are shed (503),
 # and the peak RSS stays under the baseline + the budget.
 BUDGET_MIB=${BENCH_BUDGET_MIB:-128}
-stop "$BFF_PID"
-BFF_PID=""
-IMAGEGATE_LANES__HEAVY__MAX_IN_FLIGHT=$UPLOADS \
-IMAGEGATE_LANES__HEAVY__QUEUE_WAIT=60s \
-IMAGEGATE_LANES__HEAVY__DEADLINE=120s \
-IMAGEGATE_BFF__MAX_FILE_SIZE=$((UPLOAD_MIB + 2))MiB \
-IMAGEGATE_BFF__MAX_REQUEST_SIZE=$((UPLOAD_MIB + 4))MiB \
-IMAGEGATE_BFF__MAX_BUFFERED_BYTES=${BUDGET_MIB}MiB \
-    "$BIN" bff --listen "127.0.0.1:$P_BFF2" >"$WORK/bff-budget.log" 2>&1 &
-BFF_PID=$!
-wait_up "bff (budget phase)" "$BFF_PID" "http://127.0.0.1:$P_BFF2/health" "$WORK/bff-budget.log"
+upload_bff budget IMAGEGATE_BFF__MAX_BUFFERED_BYTES="${BUDGET_MIB}MiB"
 echo "budget-phase BFF: as the memory phase, and bff.max_buffered_bytes=${BUDGET_MIB}MiB" | tee -a "$RESULTS"
 echo | tee -a "$RESULTS"
 timeout --signal=INT 300 "$BENCH" --phase memory \
