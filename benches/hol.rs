@@ -371,6 +371,48 @@ struct Phase {
     lane_durations: Vec<LaneHistogram>,
     lane_rejected: BTreeMap<String, f64>,
     lane_connections: BTreeMap<String, f64>,
+    /// The heavy lane every 100 ms of the window: what it sent, its pacing and the delay
+    /// its pacer measured (yielding lanes only report the last two).
+    #[serde(default)]
+    heavy_timeline: Vec<LanePoint>,
+}
+
+/// The heavy lane at one instant of the loaded window.
+#[derive(Serialize, Deserialize, Clone, Default)]
+struct LanePoint {
+    /// Seconds from the start of the window.
+    t: f64,
+    /// `imagegate_lane_bytes_sent_total{lane="heavy"}`.
+    sent_bytes: f64,
+    /// `imagegate_lane_pacing_rate_bytes{lane="heavy"}` (0: not paced).
+    pacing_rate: f64,
+    /// `imagegate_lane_path_delay_seconds{lane="heavy"}`.
+    path_delay_s: f64,
+}
+
+/// Scrapes the heavy lane's counters every 100 ms until `stop`.
+async fn heavy_timeline(
+    http: reqwest::Client,
+    args: RunArgs,
+    start: Instant,
+    stop: Arc<AtomicBool>,
+) -> Vec<LanePoint> {
+    let mut points = Vec::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    while !stop.load(Ordering::SeqCst) {
+        tick.tick().await;
+        let Ok(snap) = Snapshot::take(&http, &args).await else {
+            continue;
+        };
+        let heavy = |name: &str| snap.sum(name, &[]).get("heavy").copied().unwrap_or(0.0);
+        points.push(LanePoint {
+            t: snap.at.duration_since(start).as_secs_f64(),
+            sent_bytes: heavy("imagegate_lane_bytes_sent_total"),
+            pacing_rate: heavy("imagegate_lane_pacing_rate_bytes"),
+            path_delay_s: heavy("imagegate_lane_path_delay_seconds"),
+        });
+    }
+    points
 }
 
 #[derive(Serialize, Deserialize)]
@@ -446,7 +488,16 @@ async fn run_phases(args: &RunArgs, image: Bytes) -> anyhow::Result<RunResult> {
     // Tells the script's queue sampler that the loaded window is open.
     let marker = args.out.join(format!("{}.window", args.label));
     std::fs::write(&marker, b"")?;
+    let timeline_stop = Arc::new(AtomicBool::new(false));
+    let timeline = tokio::spawn(heavy_timeline(
+        http.clone(),
+        args.clone(),
+        window_start,
+        timeline_stop.clone(),
+    ));
     let probed = Probes::new(args).run(args.load_secs).await;
+    timeline_stop.store(true, Ordering::SeqCst);
+    let heavy_timeline = timeline.await.unwrap_or_default();
     let _ = std::fs::remove_file(&marker);
     let (health, echo) = probed?;
     let window_end = Instant::now();
@@ -456,6 +507,7 @@ async fn run_phases(args: &RunArgs, image: Bytes) -> anyhow::Result<RunResult> {
         u.abort();
     }
     let mut phase = after.phase_since(&before, "loaded", args.load_secs, health, echo);
+    phase.heavy_timeline = heavy_timeline;
     let records = records.lock().expect("records").clone();
     phase.uploads = Some(upload_stats(
         &records,
@@ -857,6 +909,7 @@ impl Snapshot {
                 before.sum_by("imagegate_lane_rejected_total", &["lane", "reason"]),
             ),
             lane_connections: self.sum("imagegate_lane_connections", &[]),
+            heavy_timeline: Vec::new(),
         }
     }
 

@@ -24,10 +24,11 @@
 #   HOL_SHAPE_AT=ingress|egress (where each direction's tbf sits: receiver via IFB, or sender)
 #   HOL_DELAY=10ms (only with netem; 0 disables)
 #   HOL_CLIENTS=8  HOL_IMAGE_MB=8  HOL_QUALITY=75  HOL_PROBE_HZ=20  HOL_DEADLINE_MS=1000
-#   HOL_IDLE_SECS=10  HOL_WARMUP_SECS=3  HOL_LOAD_SECS=25  HOL_MODES="shared bulkhead"
+#   HOL_IDLE_SECS=10  HOL_WARMUP_SECS=3  HOL_LOAD_SECS=25  HOL_MODES="shared bulkhead yield"
 #   HOL_OUT=target/bench-hol  HOL_PLOT=docs/img/hol-latency.png
 #   HOL_COMPUTE_WORKERS=0 (compute CPU threads; 0 = one per core)
-#   HOL_BFF_ENV="IMAGEGATE_LANES__HEAVY__CONNECTIONS=8 ..." (extra BFF settings, both modes)
+#   HOL_BFF_ENV="IMAGEGATE_LANES__HEAVY__CONNECTIONS=8 ..." (extra BFF settings, every mode)
+#   HOL_YIELD_ENV="IMAGEGATE_LANES__HEAVY__YIELD_DELAY_TARGET=2ms" (extra settings, yield mode)
 #   HOL_CC=reno|bbr|... (TCP congestion control in both namespaces, among those the host
 #                 allows there; default: the host's)
 #   HOL_SYSCTL="net.ipv4.tcp_autocorking=0 ..." (sysctls set inside both namespaces; default none)
@@ -56,11 +57,12 @@ DEADLINE_MS=${HOL_DEADLINE_MS:-1000}
 IDLE_SECS=${HOL_IDLE_SECS:-10}
 WARMUP_SECS=${HOL_WARMUP_SECS:-3}
 LOAD_SECS=${HOL_LOAD_SECS:-25}
-MODES=${HOL_MODES:-shared bulkhead}
+MODES=${HOL_MODES:-shared bulkhead yield}
 OUT=${HOL_OUT:-target/bench-hol}
 PLOT=${HOL_PLOT:-docs/img/hol-latency.png}
 COMPUTE_WORKERS=${HOL_COMPUTE_WORKERS:-0}
 BFF_ENV=${HOL_BFF_ENV:-}
+YIELD_ENV=${HOL_YIELD_ENV:-}
 NICE=${HOL_NICE:--10}
 NCPU=$(nproc)
 PIN=${HOL_PIN:-$([ "$NCPU" -ge 2 ] && echo yes || echo no)}
@@ -76,7 +78,7 @@ fi
 case "$SHAPE_AT" in ingress | egress) ;; *) echo "HOL_SHAPE_AT must be ingress or egress" >&2; exit 2 ;; esac
 case "$LOSS_DIR" in both | up) ;; *) echo "HOL_LOSS_DIR must be both or up" >&2; exit 2 ;; esac
 for m in $MODES; do
-    case "$m" in shared | bulkhead) ;; *) echo "HOL_MODES: unknown mode $m" >&2; exit 2 ;; esac
+    case "$m" in shared | bulkhead | yield) ;; *) echo "HOL_MODES: unknown mode $m" >&2; exit 2 ;; esac
 done
 
 # --- root, tools -----------------------------------------------------------------------------
@@ -314,8 +316,11 @@ in_background() {
 RUN_LIMIT=$(awk -v a="$IDLE_SECS" -v b="$WARMUP_SECS" -v c="$LOAD_SECS" 'BEGIN { printf "%d", a + b + c + 90 }')
 for mode in $MODES; do
     echo "== mode $mode"
+    # `yield` is the bulkhead with the heavy lane yielding to the realtime lane.
+    MODE_ENV="IMAGEGATE_MODE=$mode"
+    [ "$mode" = yield ] && MODE_ENV="IMAGEGATE_MODE=bulkhead IMAGEGATE_LANES__HEAVY__YIELD_TO=realtime $YIELD_ENV"
     # shellcheck disable=SC2086 # BFF_ENV is a list of VAR=value words
-    taskset -c "$BFF_CPUS" nice -n "$NICE" ip netns exec "$NSB" env RUST_LOG=warn IMAGEGATE_MODE="$mode" GRPC_COMPUTE_URL="http://$IPC:50051" \
+    taskset -c "$BFF_CPUS" nice -n "$NICE" ip netns exec "$NSB" env RUST_LOG=warn $MODE_ENV GRPC_COMPUTE_URL="http://$IPC:50051" \
         $BFF_ENV "$BIN" bff --listen 127.0.0.1:8080 >"$OUT/bff-$mode.log" 2>&1 &
     BFF_PID=$!
     PIDS+=("$BFF_PID")

@@ -5,7 +5,9 @@
 
 RESULTS_DIR holds one LABEL.json per mode (written by `hol run`). OUT.png gets the probe
 latency distributions side by side (strip + box per mode and phase, with the echo limit), and
-beside it (OUT with "latency" replaced by "timeline", or "-timeline" added) gets the loaded window's probes over time.
+beside it (OUT with "latency" replaced by "timeline", or "-timeline" added) gets the loaded window's probes over time,
+and ("yield" in place of "latency") the heavy lane's sending rate, pacing rate and measured
+path delay over the loaded window of each mode that recorded them, above its /health probes.
 """
 import json
 import os
@@ -37,7 +39,7 @@ def main():
     deadline = next(iter(runs.values()))["args"]["deadline_ms"]
 
     groups = []  # (name, values ms, misses, colour)
-    colours = {"shared": "#d62728", "bulkhead": "#1f77b4"}
+    colours = {"shared": "#d62728", "bulkhead": "#1f77b4", "yield": "#9467bd"}
     for label, run in runs.items():
         for phase in run["phases"]:
             h = [s["ms"] for s in phase["health"]]
@@ -123,6 +125,49 @@ def main():
     base, ext = os.path.splitext(out)
     timeline = base.replace("latency", "timeline") if "latency" in base else base + "-timeline"
     fig.savefig(timeline + ext, dpi=110)
+
+    # The heavy lane's sending rate against the delay its pacer measured.
+    paced = [(label, phase) for label, run in runs.items() for phase in run["phases"]
+             if phase["name"] == "loaded" and phase.get("heavy_timeline")]
+    if not paced:
+        return
+    fig, axes = plt.subplots(2, len(paced), figsize=(7 * len(paced), 7), squeeze=False,
+                             sharex=True, gridspec_kw={"height_ratios": [3, 2]})
+    for col, (label, phase) in enumerate(paced):
+        tl = phase["heavy_timeline"]
+        t = [p["t"] for p in tl[1:]]
+        # Sent over the last 0.5 s (5 scrapes): one scrape's increase is mostly h2's bursts.
+        sent = [(tl[i]["sent_bytes"] - tl[max(0, i - 5)]["sent_bytes"])
+                / max(1e-3, tl[i]["t"] - tl[max(0, i - 5)]["t"]) * 8 / 1e6
+                for i in range(1, len(tl))]
+        pace = [p["pacing_rate"] * 8 / 1e6 for p in tl[1:]]
+        delay = [p["path_delay_s"] * 1e3 for p in tl[1:]]
+        ax = axes[0][col]
+        ax.plot(t, sent, color="#1f77b4", linewidth=1, label="heavy lane sent (0.5 s average), Mbit/s")
+        if any(pace):
+            ax.plot(t, pace, color="#ff7f0e", linewidth=1, label="pacing rate, Mbit/s (0: none)")
+        ax.set_ylabel("Mbit/s")
+        ax.set_title(f"{label}: heavy lane's rate and the path delay it measured")
+        axd = ax.twinx()
+        if any(delay):
+            axd.plot(t, delay, color="#2ca02c", linewidth=1, label="measured queueing delay, ms")
+        axd.set_ylabel("ms")
+        lines = ax.get_legend_handles_labels()
+        lines2 = axd.get_legend_handles_labels()
+        ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], fontsize=8, loc="lower left")
+        axp = axes[1][col]
+        axp.scatter([s["t"] for s in phase["health"]], [s["ms"] for s in phase["health"]],
+                    s=5, color=colours.get(label, "gray"), label="/health")
+        axp.scatter([s["t"] for s in phase["echo"]],
+                    [s["rtt_ms"] if s.get("rtt_ms") is not None else 5000.0 for s in phase["echo"]],
+                    s=4, marker="x", color="#2ca02c", label="echo (fresh connection)")
+        axp.set_yscale("log")
+        axp.set_ylabel("probe latency, ms (log)")
+        axp.set_xlabel("seconds into the loaded window")
+        axp.legend(fontsize=8, loc="upper right")
+    fig.tight_layout()
+    fig.savefig(base.replace("latency", "yield") + ext if "latency" in base else base + "-yield" + ext,
+                dpi=110)
 
 
 if __name__ == "__main__":

@@ -125,6 +125,7 @@ pub const LIVE_KEYS: &[&str] = &[
     "lanes.*.max_message_size",
     "lanes.*.circuit_*",
     "lanes.*.eject_*",
+    "lanes.*.yield_*",
     "bff.api_keys",
     "bff.body_read_timeout",
     "bff.max_file_size",

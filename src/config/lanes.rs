@@ -115,6 +115,15 @@ pub struct LaneConfig {
     /// long, not 200 ms, before it is resent. See `docs/benchmarks-hol.md`.
     #[serde(with = "humantime_serde")]
     pub tcp_rto_min: Duration,
+    /// Yield to this lane (e.g. `"realtime"`): pace this lane's connections so that the
+    /// queue on the path to compute stays under `yield_delay_target`, and the named lane's
+    /// calls do not wait in it (`dispatch::yielding`; Linux). Empty: never paced.
+    pub yield_to: String,
+    /// The queueing delay a yielding lane lets its own traffic add to the path.
+    #[serde(with = "humantime_serde")]
+    pub yield_delay_target: Duration,
+    /// The slowest a yielding lane is ever paced, per compute endpoint, in bytes per second.
+    pub yield_min_rate: Size,
 }
 
 impl LaneConfig {
@@ -149,6 +158,9 @@ impl LaneConfig {
             eject_max: Duration::from_secs(30),
             resolve_interval: Duration::from_secs(5),
             tcp_rto_min: Duration::from_millis(20),
+            yield_to: String::new(),
+            yield_delay_target: DEFAULT_YIELD_DELAY_TARGET,
+            yield_min_rate: Size::mib(1),
         }
     }
 
@@ -183,6 +195,9 @@ impl LaneConfig {
             eject_max: Duration::from_secs(30),
             resolve_interval: Duration::from_secs(5),
             tcp_rto_min: Duration::from_millis(20),
+            yield_to: String::new(),
+            yield_delay_target: DEFAULT_YIELD_DELAY_TARGET,
+            yield_min_rate: Size::mib(1),
         }
     }
 
@@ -299,8 +314,28 @@ impl LaneConfig {
             "tcp_rto_min",
             "must be at most 200ms, the kernel's own floor (0s = the kernel's default)",
         );
+        check(
+            self.yield_to != key,
+            "yield_to",
+            "a lane cannot yield to itself",
+        );
+        check(
+            (Duration::from_micros(100)..=Duration::from_secs(1))
+                .contains(&self.yield_delay_target),
+            "yield_delay_target",
+            "must be 100us..=1s",
+        );
+        check(
+            (Size::kib(16)..=Size(u32::MAX as u64)).contains(&self.yield_min_rate),
+            "yield_min_rate",
+            "must be 16KiB..=4GiB (bytes per second)",
+        );
     }
 }
+
+/// The default `yield_delay_target`: a few milliseconds of queue, which a health check can
+/// afford and which still keeps the link busy between the pacer's decisions.
+const DEFAULT_YIELD_DELAY_TARGET: Duration = Duration::from_millis(3);
 
 /// How a lane's concurrency limit is set (`concurrency`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

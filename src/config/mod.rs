@@ -199,6 +199,13 @@ impl Config {
                     "lanes.{name}: a lane name is lowercase letters, digits, '_' or '-'"
                 ));
             }
+            if !lane.yield_to.is_empty() && self.lanes.get(&lane.yield_to).is_none() {
+                let names: Vec<&str> = self.lanes.iter().map(|(n, _)| n).collect();
+                errors.push(format!(
+                    "lanes.{name}.yield_to: unknown lane {:?}, expected one of {names:?} (or \"\" for off)",
+                    lane.yield_to
+                ));
+            }
             if !matches!(name, "heavy" | "realtime") && !self.routes.values().any(|l| l == name) {
                 errors.push(format!(
                     "lanes.{name}: no route in [routes] uses this lane (a typo of a lane name?)"

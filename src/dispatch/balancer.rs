@@ -28,7 +28,7 @@ use tokio::time::Instant;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Code, Status};
 
-use super::connector::{ConnectionMetrics, MeteredConnector};
+use super::connector::{ConnectionMetrics, MeteredConnector, SocketRegistry};
 use super::metrics::EndpointMetrics;
 use super::pool::{ChannelPool, LaneExecutor};
 use crate::config::target::{Target, TargetKind};
@@ -303,6 +303,7 @@ impl Upstream {
                 metrics: connections,
                 connect_timeout: config.connect_timeout,
                 tcp_rto_min: config.tcp_rto_min,
+                sockets: Arc::new(SocketRegistry::default()),
             },
         };
         let upstream = Arc::new(Upstream {
@@ -346,6 +347,11 @@ impl Upstream {
             }
         }
         Ok(upstream)
+    }
+
+    /// The lane's open connections, by address (what `dispatch::yielding` paces).
+    pub fn sockets(&self) -> &Arc<SocketRegistry> {
+        &self.template.connector.sockets
     }
 
     /// The endpoints in the rotation's order (ejected ones included).

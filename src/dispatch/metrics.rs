@@ -31,6 +31,8 @@ pub struct LaneMetricFamilies {
     limit_bounds: IntGaugeVec,
     compute_wait: HistogramVec,
     compute_busy: GaugeVec,
+    pacing_rate: IntGaugeVec,
+    path_delay: GaugeVec,
     connections: IntGaugeVec,
     bytes_sent: IntCounterVec,
     bytes_received: IntCounterVec,
@@ -71,6 +73,12 @@ pub struct LaneMetrics {
     pub compute_wait: Histogram,
     /// Calls compute served in parallel over the controller's last window.
     pub compute_busy: Gauge,
+    /// A yielding lane (`yield_to`): the rate its connections are paced at in all, bytes per
+    /// second (0: not paced).
+    pub pacing_rate: IntGauge,
+    /// A yielding lane: the queueing delay it last measured on the path to compute (the
+    /// largest over its endpoints).
+    pub path_delay: Gauge,
     /// The lane's TCP connections and bytes.
     pub connections: ConnectionMetrics,
     /// The lane's replicas, healthy and ejected.
@@ -193,6 +201,28 @@ impl LaneMetricFamilies {
                 )
                 .expect("valid metric"),
             ),
+            pacing_rate: register(
+                registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "imagegate_lane_pacing_rate_bytes",
+                        "Lanes with yield_to: bytes per second the lane's connections are paced at, all endpoints together (0: not paced, the path shows no queue).",
+                    ),
+                    lane,
+                )
+                .expect("valid metric"),
+            ),
+            path_delay: register(
+                registry,
+                GaugeVec::new(
+                    Opts::new(
+                        "imagegate_lane_path_delay_seconds",
+                        "Lanes with yield_to: the queueing delay last measured on the path to compute (smoothed TCP round trip minus the least one seen; the largest over the endpoints).",
+                    ),
+                    lane,
+                )
+                .expect("valid metric"),
+            ),
             connections: register(
                 registry,
                 IntGaugeVec::new(
@@ -255,6 +285,8 @@ impl LaneMetricFamilies {
             limit_max: self.limit_bounds.with_label_values(&[label, "max"]),
             compute_wait: self.compute_wait.with_label_values(&[label]),
             compute_busy: self.compute_busy.with_label_values(&[label]),
+            pacing_rate: self.pacing_rate.with_label_values(&[label]),
+            path_delay: self.path_delay.with_label_values(&[label]),
             connections: ConnectionMetrics {
                 open: self.connections.with_label_values(&[label]),
                 bytes_sent: self.bytes_sent.with_label_values(&[label]),

@@ -26,6 +26,7 @@ pub mod lane;
 pub mod limiter;
 pub mod metrics;
 pub mod pool;
+pub mod yielding;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -170,6 +171,8 @@ impl Dispatcher {
         let mut lanes = HashMap::new();
         let mut addresses = HashMap::new();
         let mut runtimes = Vec::new();
+        // The runtime of each lane with connections of its own (not the shared pool's).
+        let mut own_runtimes = HashMap::new();
         // In shared mode every lane without an address of its own sends on one connection,
         // driven by one runtime, with the heavy lane's settings (and room for the larger of
         // the lanes' message limits). Lanes keep their own admission limits either way.
@@ -206,6 +209,7 @@ impl Dispatcher {
                     let metrics = families.for_lane(name);
                     let url = lane_config.url.as_deref().unwrap_or(&config.compute_url);
                     let pool = upstream(name, url, lane_config, &metrics, rt.handle()).await?;
+                    own_runtimes.insert(name.to_string(), rt.handle());
                     runtimes.push(rt);
                     (pool, metrics)
                 }
@@ -217,6 +221,15 @@ impl Dispatcher {
             );
             let address = lane_config.url.as_deref().unwrap_or(&config.compute_url);
             addresses.insert(name.to_string(), address.to_string());
+        }
+        // Every lane with connections of its own gets a pacer, idle until its `yield_to` names
+        // another lane (a reload may set it later).
+        let registries: std::collections::BTreeMap<_, _> = lanes
+            .iter()
+            .map(|(name, lane)| (name.clone(), Arc::clone(lane.upstream().sockets())))
+            .collect();
+        for (name, runtime) in &own_runtimes {
+            yielding::spawn(&lanes[name], registries.clone(), runtime);
         }
         let dispatcher = Dispatcher {
             mode: config.mode,

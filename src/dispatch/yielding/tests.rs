@@ -1,0 +1,267 @@
+//! The pacer against a simulated bottleneck under tokio's paused clock: a link of `capacity`
+//! bytes per second with a drop-tail buffer of 50 ms in front of it, fed by a sender that, left
+//! alone, sends 25 % faster than the link (as several TCP flows together keep a queue full),
+//! and a round-trip estimate that follows the queue as a smoothed RTT does.
+
+use super::*;
+
+const TARGET: Duration = Duration::from_millis(3);
+const FLOOR: u64 = 1 << 20;
+const MBIT: f64 = 1e6 / 8.0;
+
+struct Link {
+    /// Bytes per second the bottleneck forwards.
+    capacity: f64,
+    /// Bytes queued in front of it.
+    queue: f64,
+    /// The sender's own rate when nothing caps it.
+    greedy: f64,
+    /// The smoothed estimate of the queue's delay (seconds).
+    srtt_queue: f64,
+    /// Delay the pacer sees that is not this queue's (a queue on the way back).
+    srtt_offset: Duration,
+    pacer: Pacer,
+    start: Instant,
+}
+
+/// One tick: what happened on the link and the pacer's answer.
+#[derive(Debug, Clone, Copy)]
+struct Step {
+    at: Duration,
+    /// The queue's real delay at the end of the tick.
+    delay: Duration,
+    /// Bytes per second delivered over the tick.
+    goodput: f64,
+    rate: Option<u64>,
+}
+
+impl Link {
+    fn new(capacity: f64) -> Self {
+        let start = Instant::now();
+        Link {
+            capacity,
+            queue: 0.0,
+            greedy: capacity * 1.25,
+            srtt_queue: 0.0,
+            srtt_offset: Duration::ZERO,
+            pacer: Pacer::new(start),
+            start,
+        }
+    }
+
+    async fn run(&mut self, secs: f64) -> Vec<Step> {
+        let ticks = (secs / TICK.as_secs_f64()).round() as usize;
+        let mut steps = Vec::with_capacity(ticks);
+        for _ in 0..ticks {
+            let mut delivered = 0.0;
+            // 1 ms sub-steps inside the tick: send, queue, forward.
+            let ms = TICK.as_millis() as usize;
+            for _ in 0..ms {
+                let send = self
+                    .pacer
+                    .rate()
+                    .map_or(self.greedy, |r| (r as f64).min(self.greedy));
+                let arrive = send / 1000.0;
+                let buffer = self.capacity * 0.050;
+                self.queue = (self.queue + arrive).min(buffer);
+                let out = self.queue.min(self.capacity / 1000.0);
+                self.queue -= out;
+                delivered += out;
+                // srtt = 7/8 srtt + 1/8 sample, per ACK: a few per millisecond here.
+                let sample = self.queue / self.capacity;
+                self.srtt_queue += (sample - self.srtt_queue) * 0.3;
+            }
+            tokio::time::advance(TICK).await;
+            let now = Instant::now();
+            let sample = PathSample {
+                delay: Some(Duration::from_secs_f64(self.srtt_queue) + self.srtt_offset),
+                delivered: delivered as u64,
+                backlogged: true,
+                answers_arriving: false,
+            };
+            let rate = self.pacer.observe(now, TARGET, FLOOR, sample);
+            steps.push(Step {
+                at: now - self.start,
+                delay: Duration::from_secs_f64(self.queue / self.capacity),
+                goodput: delivered / TICK.as_secs_f64(),
+                rate,
+            });
+        }
+        steps
+    }
+}
+
+fn goodput(steps: &[Step]) -> f64 {
+    steps.iter().map(|s| s.goodput).sum::<f64>() / steps.len() as f64
+}
+
+fn delay_p99(steps: &[Step]) -> Duration {
+    let mut d: Vec<Duration> = steps.iter().map(|s| s.delay).collect();
+    d.sort_unstable();
+    d[(d.len() as f64 * 0.99) as usize - 1]
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_full_queue_is_drained_and_kept_near_the_target_with_the_link_busy() {
+    let mut link = Link::new(100.0 * MBIT);
+    let first = link.run(2.0).await;
+    assert!(
+        first.iter().any(|s| s.rate.is_some()),
+        "the pacer never paced"
+    );
+    let steady = link.run(20.0).await;
+    let p99 = delay_p99(&steady);
+    let share = goodput(&steady) / link.capacity;
+    // Unpaced, this sender keeps the 50 ms buffer full.
+    assert!(p99 <= TARGET * 2, "queue p99 {p99:?}");
+    assert!(share >= 0.93, "the link was busy {share:.3} of the time");
+}
+
+#[tokio::test(start_paused = true)]
+async fn halved_capacity_is_found_within_a_second_and_restored_capacity_within_ten() {
+    let mut link = Link::new(100.0 * MBIT);
+    link.run(10.0).await;
+    link.capacity /= 2.0;
+    let after_halving = link.run(10.0).await;
+    let settled = after_halving
+        .iter()
+        .rposition(|s| s.delay > TARGET * 2)
+        .map_or(Duration::ZERO, |i| {
+            after_halving[i].at - after_halving[0].at
+        });
+    assert!(
+        settled < Duration::from_secs(1),
+        "queue above 2× target until {settled:?}"
+    );
+    let share = goodput(&after_halving[50..]) / link.capacity;
+    assert!(share >= 0.93, "half link busy {share:.3}");
+
+    link.capacity *= 2.0;
+    let restored = link.run(10.0).await;
+    let last_seconds = &restored[restored.len() - 100..];
+    let share = goodput(last_seconds) / link.capacity;
+    assert!(share >= 0.9, "restored link busy {share:.3} after 8 s");
+    assert!(
+        delay_p99(&restored) <= TARGET * 3,
+        "{:?}",
+        delay_p99(&restored)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_uncongested_path_is_never_paced() {
+    let mut link = Link::new(10_000.0 * MBIT);
+    link.greedy = 100.0 * MBIT; // the sender, not the path, is the limit
+    let steps = link.run(10.0).await;
+    assert!(
+        steps.iter().all(|s| s.rate.is_none()),
+        "paced without a queue"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_rate_never_falls_below_the_floor_and_idle_lifts_the_cap() {
+    let start = Instant::now();
+    let mut pacer = Pacer::new(start);
+    let mut lowest = u64::MAX;
+    for i in 1..=200 {
+        tokio::time::advance(TICK).await;
+        // A path that stays queued whatever we do (someone else fills it).
+        let sample = PathSample {
+            delay: Some(Duration::from_millis(40)),
+            delivered: if i < 5 { 250_000 } else { 1_000 },
+            backlogged: true,
+            answers_arriving: false,
+        };
+        if let Some(rate) = pacer.observe(Instant::now(), TARGET, FLOOR, sample) {
+            lowest = lowest.min(rate);
+        }
+    }
+    assert_eq!(lowest, FLOOR, "the rate went to {lowest}");
+    tokio::time::advance(TICK).await;
+    let idle = PathSample {
+        delay: None,
+        delivered: 0,
+        backlogged: false,
+        answers_arriving: false,
+    };
+    assert_eq!(pacer.observe(Instant::now(), TARGET, FLOOR, idle), None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cap_that_no_longer_binds_is_lifted() {
+    let mut link = Link::new(100.0 * MBIT);
+    link.run(3.0).await;
+    assert!(link.pacer.rate().is_some());
+    // The uploads thin out: the sender wants a tenth of the link.
+    link.greedy = 10.0 * MBIT;
+    let steps = link.run(15.0).await;
+    assert_eq!(steps.last().unwrap().rate, None, "still paced");
+    assert!(goodput(&steps[steps.len() - 50..]) >= 0.99 * link.greedy);
+}
+
+fn path(srtt_us: u64, min_rtt_us: u64) -> TcpPath {
+    TcpPath {
+        srtt: Duration::from_micros(srtt_us),
+        min_rtt: Duration::from_micros(min_rtt_us),
+        bytes_acked: 0,
+        bytes_received: 0,
+        backlog: 0,
+        max_pacing_rate: u64::MAX,
+    }
+}
+
+#[test]
+fn the_delay_is_the_fresh_connections_median_above_the_paths_least_round_trip() {
+    let quiet = path(900, 150); // the realtime connection: stale, but it saw the least RTT
+    let a = path(5_150, 300);
+    let b = path(7_150, 400);
+    let c = path(30_150, 200); // one in loss recovery: the median ignores it
+    assert_eq!(
+        queueing_delay(&[quiet, a, b, c], &[a, b, c]),
+        Some(Duration::from_millis(7))
+    );
+    assert_eq!(
+        queueing_delay(&[quiet, a, b], &[a, b]),
+        Some(Duration::from_millis(6))
+    );
+    assert_eq!(queueing_delay(&[quiet, a], &[]), None, "nothing fresh");
+    assert_eq!(queueing_delay(&[], &[]), None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_queue_on_the_way_back_does_not_starve_the_lane() {
+    // Compute's answers queue on the return path in bursts: the round trips the pacer reads
+    // jump by 10 ms for 140 ms, a few times a second, whatever the lane sends.
+    let mut link = Link::new(100.0 * MBIT);
+    link.run(3.0).await;
+    let mut steps = Vec::new();
+    for burst in 0..40 {
+        link.srtt_offset = Duration::from_millis(10);
+        steps.extend(link.run(0.14).await);
+        link.srtt_offset = Duration::ZERO;
+        steps.extend(link.run(if burst % 2 == 0 { 0.3 } else { 0.5 }).await);
+    }
+    let share = goodput(&steps) / link.capacity;
+    assert!(share >= 0.85, "the link was busy {share:.3} of the time");
+    assert!(delay_p99(&steps) <= TARGET * 2, "{:?}", delay_p99(&steps));
+}
+
+#[tokio::test(start_paused = true)]
+async fn round_trips_taken_while_answers_stream_in_do_not_cut_the_rate() {
+    let mut link = Link::new(100.0 * MBIT);
+    link.run(3.0).await;
+    let before = link.pacer.rate().expect("paced by now");
+    tokio::time::advance(TICK).await;
+    let sample = PathSample {
+        delay: Some(Duration::from_millis(15)),
+        delivered: (before as f64 * TICK.as_secs_f64()) as u64,
+        backlogged: true,
+        answers_arriving: true,
+    };
+    let after = link
+        .pacer
+        .observe(Instant::now(), TARGET, FLOOR, sample)
+        .expect("still paced");
+    assert!(after >= before, "cut from {before} to {after}");
+}
