@@ -43,6 +43,7 @@ pub mod edge;
 pub mod fuzzing;
 pub mod logging;
 pub mod metrics;
+pub mod pacing;
 pub mod proto;
 pub mod reload;
 pub mod shutdown;

@@ -198,6 +198,40 @@ fn tcp_rto_min_above_the_kernels_floor_is_refused_naming_the_key() {
 }
 
 #[test]
+fn yielding_is_off_by_default_and_names_a_known_other_lane() {
+    let c = Config::from_toml("").unwrap();
+    assert_eq!(c.lanes.heavy.yield_to, "");
+    assert_eq!(c.lanes.heavy.yield_delay_target, Duration::from_millis(3));
+    assert_eq!(c.lanes.heavy.yield_min_rate, Size::mib(1));
+    let c = Config::from_toml(
+        "[lanes.heavy]\nyield_to = \"realtime\"\nyield_delay_target = \"5ms\"\nyield_min_rate = \"4MiB\"",
+    )
+    .unwrap();
+    assert_eq!(c.lanes.heavy.yield_to, "realtime");
+    assert_eq!(c.lanes.heavy.yield_delay_target, Duration::from_millis(5));
+    assert_eq!(c.lanes.heavy.yield_min_rate, Size::mib(4));
+    let e = Config::from_toml("[lanes.heavy]\nyield_to = \"fast\"").unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("lanes.heavy.yield_to: unknown lane \"fast\""),
+        "{e}"
+    );
+    let e = Config::from_toml("[lanes.heavy]\nyield_to = \"heavy\"").unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("lanes.heavy.yield_to: a lane cannot yield to itself"),
+        "{e}"
+    );
+    let e = Config::from_toml("[lanes.heavy]\nyield_delay_target = \"0s\"").unwrap_err();
+    assert!(
+        e.to_string().contains("lanes.heavy.yield_delay_target"),
+        "{e}"
+    );
+    let e = Config::from_toml("[lanes.heavy]\nyield_min_rate = \"1KiB\"").unwrap_err();
+    assert!(e.to_string().contains("lanes.heavy.yield_min_rate"), "{e}");
+}
+
+#[test]
 fn sizes_parse_from_strings_and_integers() {
     let c =
         Config::from_toml("[bff]\nmax_file_size = \"1MiB\"\nmax_request_size = 2097152").unwrap();

@@ -28,11 +28,12 @@ use tokio::time::Instant;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Code, Status};
 
-use super::connector::{ConnectionMetrics, MeteredConnector, SocketRegistry};
+use super::connector::{ConnectionMetrics, MeteredConnector};
 use super::metrics::EndpointMetrics;
 use super::pool::{ChannelPool, LaneExecutor};
 use crate::config::target::{Target, TargetKind};
 use crate::config::{ComputeTlsConfig, LaneConfig};
+use crate::pacing::SocketRegistry;
 
 /// Resolves a name to addresses (the system resolver; tests inject their own).
 pub type Resolver = Arc<

@@ -1,15 +1,14 @@
 //! The lanes' TCP connector: every real connection a lane makes goes through here, so this is
 //! where open connections and bytes are counted (measured, not echoed from config), socket
 //! options are set (TCP_NODELAY, the retransmission-timeout floor), and where each open socket
-//! is listed for the pacer ([`SocketRegistry`]). TLS, when configured, is layered on top of
+//! is listed for the pacer (a [`SocketRegistry`]). TLS, when configured, is layered on top of
 //! these streams by tonic, so the bytes counted are the wire's.
 
 use std::future::Future;
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::os::fd::AsRawFd;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -17,6 +16,8 @@ use hyper_util::rt::TokioIo;
 use prometheus::{IntCounter, IntGauge};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+
+use crate::pacing::{Registration, SocketRegistry};
 
 /// Counters one lane's connections report into.
 #[derive(Clone)]
@@ -38,71 +39,8 @@ pub struct MeteredConnector {
     pub connect_timeout: Duration,
     /// Floor of the retransmission timeout (`Duration::ZERO` = the kernel's).
     pub tcp_rto_min: Duration,
-    /// Where the lane's open sockets are listed (for `dispatch::yielding`).
+    /// Where the lane's open sockets are listed (for the pacer, `dispatch::yielding`).
     pub sockets: Arc<SocketRegistry>,
-}
-
-/// A lane's open TCP connections, by compute address: the pacer (`dispatch::yielding`) reads
-/// their round trips and caps their sending rate through the listed fds.
-///
-/// An entry lives exactly as long as its socket: a stream takes itself off the list before
-/// its fd is closed, under the same lock the pacer holds while it uses the fds, so an fd read
-/// from the list is never a closed or reused one.
-#[derive(Default)]
-pub struct SocketRegistry {
-    next_id: AtomicU64,
-    open: Mutex<Vec<OpenSocket>>,
-}
-
-/// One open connection of a lane.
-pub struct OpenSocket {
-    /// Unique for the registry's lifetime (a reconnect gets a new one).
-    pub id: u64,
-    /// The compute address it is connected to (`host:port`, as the endpoint names it).
-    pub address: String,
-    fd: RawFd,
-}
-
-impl OpenSocket {
-    /// The socket, borrowed for as long as the registry's lock is held.
-    pub fn fd(&self) -> BorrowedFd<'_> {
-        // SAFETY: the entry is only reachable under the registry's lock, and the stream that
-        // owns the fd removes the entry under that lock before it closes the fd.
-        unsafe { BorrowedFd::borrow_raw(self.fd) }
-    }
-}
-
-impl SocketRegistry {
-    fn register(self: &Arc<Self>, address: String, fd: RawFd) -> Registration {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        self.lock().push(OpenSocket { id, address, fd });
-        Registration {
-            registry: Arc::clone(self),
-            id,
-        }
-    }
-
-    /// Runs `f` over the open sockets, holding the lock (keep `f` to a few syscalls: a
-    /// closing connection waits for it).
-    pub fn with_open<R>(&self, f: impl FnOnce(&[OpenSocket]) -> R) -> R {
-        f(&self.lock())
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<OpenSocket>> {
-        self.open.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
-/// A stream's entry in its lane's [`SocketRegistry`], removed when dropped.
-struct Registration {
-    registry: Arc<SocketRegistry>,
-    id: u64,
-}
-
-impl Drop for Registration {
-    fn drop(&mut self) {
-        self.registry.lock().retain(|s| s.id != self.id);
-    }
 }
 
 static RTO_MIN_UNSUPPORTED: std::sync::Once = std::sync::Once::new();

@@ -1238,3 +1238,52 @@ async fn a_hung_compute_found_by_a_health_check_makes_image_calls_fail_fast() {
     .await;
     assert_eq!(r.status(), 200);
 }
+
+#[tokio::test]
+async fn a_yielding_heavy_lane_serves_uploads_and_reports_its_pacing() {
+    let compute = start_compute(compute_config(), None);
+    let mut config = bff_config(&compute.url());
+    config.lanes.heavy.yield_to = "realtime".to_string();
+    let bff = start_bff(config);
+
+    let uploads: Vec<_> = (0..6)
+        .map(|_| {
+            let url = bff.url("/v1/images/compress");
+            tokio::spawn(async move {
+                let r = post(url, Form::new().part("file", file(jpeg(1600, 1200)))).await;
+                (r.status(), r.bytes().await.unwrap().len())
+            })
+        })
+        .collect();
+    for upload in uploads {
+        let (status, len) = upload.await.unwrap();
+        assert_eq!(status, 200);
+        assert!(len > 1000);
+    }
+    assert_eq!(
+        reqwest::get(bff.url("/health")).await.unwrap().status(),
+        200
+    );
+    let text = metrics_text(&bff).await;
+    assert!(
+        metric(&text, "imagegate_lane_path_delay_seconds{lane=\"heavy\"}").is_some(),
+        "{text}"
+    );
+    // Nothing left to send: whatever the pacer did under the burst, no cap stays in force.
+    assert!(
+        eventually(Duration::from_secs(10), async || {
+            metric(
+                &metrics_text(&bff).await,
+                "imagegate_lane_pacing_rate_bytes{lane=\"heavy\"}",
+            ) == Some(0.0)
+        })
+        .await,
+        "the heavy lane stayed paced while idle"
+    );
+    // A lane that does not yield reports no pacing at all.
+    let text = metrics_text(&bff).await;
+    assert_eq!(
+        metric(&text, "imagegate_lane_pacing_rate_bytes{lane=\"realtime\"}"),
+        Some(0.0)
+    );
+}

@@ -265,3 +265,48 @@ async fn round_trips_taken_while_answers_stream_in_do_not_cut_the_rate() {
         .expect("still paced");
     assert!(after >= before, "cut from {before} to {after}");
 }
+
+#[tokio::test]
+async fn the_driver_shares_the_rate_over_the_connections_with_bytes_to_send() {
+    use std::io::Write;
+    // Two connections of the yielding lane to one address, whose peer reads nothing: their
+    // bytes stay queued (backlogged), as an upload's do on a slow path.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    let own = Arc::new(SocketRegistry::default());
+    let protected = SocketRegistry::default();
+    let mut streams = Vec::new();
+    let mut registrations = Vec::new();
+    for _ in 0..2 {
+        let mut client = std::net::TcpStream::connect(&address).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        client.set_nonblocking(true).unwrap();
+        while client.write(&[1u8; 65536]).is_ok() {}
+        registrations.push(own.register(address.clone(), std::os::fd::AsRawFd::as_raw_fd(&client)));
+        streams.push((client, server));
+    }
+    let mut paths = PacedPaths::default();
+    let settings = Yielding {
+        target: TARGET,
+        floor: FLOOR,
+        quiet_below: Some(ANSWER_BYTES_PER_TICK),
+        key: "test",
+    };
+    let now = Instant::now();
+    let (rate, _) = paths.tick(&own, Some(&protected), now, settings);
+    assert_eq!(rate, 0, "nothing measured yet: not paced");
+    // The endpoint's pacer has cut to 4 MB/s and holds it.
+    let state = paths.paths.get_mut(&address).expect("the path is tracked");
+    state.pacer.rate = Some(4_000_000.0);
+    state.pacer.hold_until = now + Duration::from_secs(60);
+    let (rate, _) = paths.tick(&own, Some(&protected), now + TICK, settings);
+    assert_eq!(rate, 4_000_000);
+    for (client, _) in &streams {
+        let path = crate::sockopt::tcp_path(std::os::fd::AsFd::as_fd(client)).unwrap();
+        assert!(path.backlog > 0, "{path:?}");
+        assert_eq!(path.max_pacing_rate, 2_000_000, "half the rate each");
+    }
+    // A closed connection leaves the registry with its stream.
+    drop(registrations.pop());
+    assert_eq!(own.with_open(|open| open.len()), 1);
+}
