@@ -28,7 +28,8 @@
 #   HOL_OUT=target/bench-hol  HOL_PLOT=docs/img/hol-latency.png
 #   HOL_COMPUTE_WORKERS=0 (compute CPU threads; 0 = one per core)
 #   HOL_BFF_ENV="IMAGEGATE_LANES__HEAVY__CONNECTIONS=8 ..." (extra BFF settings, every mode)
-#   HOL_YIELD_ENV="IMAGEGATE_LANES__HEAVY__YIELD_DELAY_TARGET=2ms" (extra settings, yield mode)
+#   HOL_YIELD_ENV="IMAGEGATE_LANES__HEAVY__YIELD_DELAY_TARGET=2ms" (extra BFF settings, yield mode)
+#   HOL_YIELD_COMPUTE_ENV="IMAGEGATE_COMPUTE__YIELD_ANSWERS=false" (extra compute settings, yield mode)
 #   HOL_CC=reno|bbr|... (TCP congestion control in both namespaces, among those the host
 #                 allows there; default: the host's)
 #   HOL_SYSCTL="net.ipv4.tcp_autocorking=0 ..." (sysctls set inside both namespaces; default none)
@@ -63,6 +64,7 @@ PLOT=${HOL_PLOT:-docs/img/hol-latency.png}
 COMPUTE_WORKERS=${HOL_COMPUTE_WORKERS:-0}
 BFF_ENV=${HOL_BFF_ENV:-}
 YIELD_ENV=${HOL_YIELD_ENV:-}
+YIELD_COMPUTE_ENV=${HOL_YIELD_COMPUTE_ENV:-}
 NICE=${HOL_NICE:--10}
 NCPU=$(nproc)
 PIN=${HOL_PIN:-$([ "$NCPU" -ge 2 ] && echo yes || echo no)}
@@ -267,10 +269,19 @@ CC=$(ip netns exec "$NSB" sysctl -n net.ipv4.tcp_congestion_control)
 IMAGE=$ROOT/target/bench-hol-image-${IMAGE_MB}mb.jpg
 "$BENCH" image --out "$IMAGE" --mb "$IMAGE_MB"
 
-taskset -c "$COMPUTE_CPUS" nice -n "$NICE" ip netns exec "$NSC" env RUST_LOG=warn IMAGEGATE_COMPUTE__WORKERS="$COMPUTE_WORKERS" \
-    "$BIN" compute --listen "$IPC:50051" --metrics-listen "127.0.0.1:9464" >"$OUT/compute.log" 2>&1 &
-COMPUTE_PID=$!
-PIDS+=("$COMPUTE_PID")
+start_compute() { # mode [extra env...]: compute for one mode (its own log)
+    local mode=$1
+    shift
+    # shellcheck disable=SC2068 # extra env words
+    taskset -c "$COMPUTE_CPUS" nice -n "$NICE" ip netns exec "$NSC" env RUST_LOG=warn IMAGEGATE_COMPUTE__WORKERS="$COMPUTE_WORKERS" $@ \
+        "$BIN" compute --listen "$IPC:50051" --metrics-listen "127.0.0.1:9464" >"$OUT/compute-$mode.log" 2>&1 &
+    COMPUTE_PID=$!
+    PIDS+=("$COMPUTE_PID")
+    for _ in $(seq 50); do
+        ip netns exec "$NSC" bash -c "exec 3<>/dev/tcp/$IPC/50051" 2>/dev/null && return 0
+        sleep 0.1
+    done
+}
 taskset -c "$BFF_CPUS" nice -n "$NICE" ip netns exec "$NSC" "$BENCH" echo-server --listen "$IPC:7007" --max-secs 900 >"$OUT/echo.log" 2>&1 &
 PIDS+=("$!")
 
@@ -316,9 +327,16 @@ in_background() {
 RUN_LIMIT=$(awk -v a="$IDLE_SECS" -v b="$WARMUP_SECS" -v c="$LOAD_SECS" 'BEGIN { printf "%d", a + b + c + 90 }')
 for mode in $MODES; do
     echo "== mode $mode"
-    # `yield` is the bulkhead with the heavy lane yielding to the realtime lane.
+    # `yield` is the bulkhead with the heavy lane yielding to the realtime lane and compute
+    # pacing its answers; each mode gets a compute of its own.
     MODE_ENV="IMAGEGATE_MODE=$mode"
-    [ "$mode" = yield ] && MODE_ENV="IMAGEGATE_MODE=bulkhead IMAGEGATE_LANES__HEAVY__YIELD_TO=realtime $YIELD_ENV"
+    COMPUTE_ENV=""
+    if [ "$mode" = yield ]; then
+        MODE_ENV="IMAGEGATE_MODE=bulkhead IMAGEGATE_LANES__HEAVY__YIELD_TO=realtime $YIELD_ENV"
+        COMPUTE_ENV="IMAGEGATE_COMPUTE__YIELD_ANSWERS=true $YIELD_COMPUTE_ENV"
+    fi
+    # shellcheck disable=SC2086 # a list of VAR=value words
+    start_compute "$mode" $COMPUTE_ENV
     # shellcheck disable=SC2086 # BFF_ENV is a list of VAR=value words
     taskset -c "$BFF_CPUS" nice -n "$NICE" ip netns exec "$NSB" env RUST_LOG=warn $MODE_ENV GRPC_COMPUTE_URL="http://$IPC:50051" \
         $BFF_ENV "$BIN" bff --listen 127.0.0.1:8080 >"$OUT/bff-$mode.log" 2>&1 &
@@ -337,6 +355,8 @@ for mode in $MODES; do
     wait "$BFF_PID" "$SAMPLER" 2>/dev/null || true
     # Let the link drain (compute finishes or drops the cancelled uploads).
     sleep 2
+    kill "$COMPUTE_PID" 2>/dev/null || true
+    wait "$COMPUTE_PID" 2>/dev/null || true
 done
 
 {

@@ -1,6 +1,6 @@
 //! The compute server's own metrics (`imagegate_compute_*`).
 
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{Gauge, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry};
 
 use crate::metrics::{register, LATENCY_BUCKETS};
 
@@ -13,6 +13,12 @@ pub struct ComputeMetrics {
     pub duration: HistogramVec,
     /// Jobs submitted to the CPU pool that have not started yet.
     pub queue_depth: IntGauge,
+    /// `yield_answers`: bytes per second the answers are paced at, all peers together (0: not
+    /// paced).
+    pub pacing_rate: IntGauge,
+    /// `yield_answers`: the queueing delay last measured on the paths back to the peers (the
+    /// largest).
+    pub path_delay: Gauge,
 }
 
 impl ComputeMetrics {
@@ -47,6 +53,22 @@ impl ComputeMetrics {
                 IntGauge::new(
                     "imagegate_compute_queue_depth",
                     "Jobs waiting for a CPU thread.",
+                )
+                .expect("valid metric"),
+            ),
+            pacing_rate: register(
+                registry,
+                IntGauge::new(
+                    "imagegate_compute_pacing_rate_bytes",
+                    "compute.yield_answers: bytes per second the answers are paced at, all peers together (0: not paced).",
+                )
+                .expect("valid metric"),
+            ),
+            path_delay: register(
+                registry,
+                Gauge::new(
+                    "imagegate_compute_path_delay_seconds",
+                    "compute.yield_answers: the queueing delay last measured on the paths back to the peers (smoothed TCP round trip minus the least one seen; the largest).",
                 )
                 .expect("valid metric"),
             ),

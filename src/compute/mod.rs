@@ -7,7 +7,9 @@
 //! - [`files`]: the file operations themselves (plain sync functions, archive-bomb limits);
 //! - [`pool`]: the bounded CPU pool;
 //! - [`ops`]: the image operations themselves (plain sync functions);
-//! - [`status`]: errors → gRPC statuses with ErrorInfo.
+//! - [`status`]: errors → gRPC statuses with ErrorInfo;
+//! - [`yielding`]: pacing the answers so that they leave the path back to a BFF short
+//!   (`compute.yield_answers`).
 
 pub mod file_service;
 pub mod files;
@@ -17,6 +19,7 @@ pub mod pool;
 pub mod request_log;
 pub mod service;
 pub mod status;
+pub mod yielding;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -84,6 +87,7 @@ impl ComputeServer {
             metrics.queue_depth.clone(),
         )?;
         let max_message = c.max_message_size.as_usize();
+        let pacer_metrics = metrics.clone();
         let engine = Arc::new(Engine {
             pool,
             limits: Limits {
@@ -133,17 +137,20 @@ impl ComputeServer {
         // `Server::tcp_nodelay` only applies to listeners tonic binds itself: set it on the
         // accepted sockets here, or small responses wait on the client's delayed ACK (~40 ms).
         // The retransmission-timeout floor is set here too (see `sockopt::set_tcp_rto_min`).
+        // Every accepted connection is listed for the answers' pacer (idle unless
+        // `yield_answers` is on).
         let rto_min = c.tcp_rto_min;
+        let sockets = Arc::new(crate::pacing::SocketRegistry::default());
+        let pacer = yielding::spawn(sockets.clone(), c, pacer_metrics);
         let incoming = tonic::transport::server::TcpIncoming::from(listener)
             .with_nodelay(Some(true))
             .map(move |accepted| {
                 static RTO_MIN_UNSUPPORTED: std::sync::Once = std::sync::Once::new();
-                if let Ok(stream) = &accepted {
-                    if let Err(e) = crate::sockopt::set_tcp_rto_min(stream, rto_min) {
-                        crate::sockopt::warn_once(&RTO_MIN_UNSUPPORTED, "compute.tcp_rto_min", &e);
-                    }
+                let stream = accepted?;
+                if let Err(e) = crate::sockopt::set_tcp_rto_min(&stream, rto_min) {
+                    crate::sockopt::warn_once(&RTO_MIN_UNSUPPORTED, "compute.tcp_rto_min", &e);
                 }
-                accepted
+                Ok::<_, std::io::Error>(yielding::RegisteredStream::new(stream, &sockets))
             });
         let (stop_grpc, grpc_stopped) = tokio::sync::oneshot::channel::<()>();
         let mut builder = Server::builder();
@@ -188,6 +195,9 @@ impl ComputeServer {
             }
         }
         let _ = stop_metrics.send(());
+        if let Some(pacer) = pacer {
+            pacer.abort();
+        }
         tracing::info!("compute stopped");
         Ok(())
     }

@@ -50,6 +50,15 @@ pub struct ComputeConfig {
     /// `"0s"` = the kernel's 200 ms). See `docs/benchmarks-hol.md`.
     #[serde(with = "humantime_serde")]
     pub tcp_rto_min: Duration,
+    /// Pace the answers to each peer (a BFF pod) so that the queue they build on the way back
+    /// stays under `yield_delay_target` (`crate::pacing`; Linux): the BFF's health checks then
+    /// cross an almost empty path. The BFF's half is `lanes.heavy.yield_to`.
+    pub yield_answers: bool,
+    /// The queueing delay compute's answers may add to the path back to a BFF.
+    #[serde(with = "humantime_serde")]
+    pub yield_delay_target: Duration,
+    /// The slowest the answers to one peer are ever paced, in bytes per second.
+    pub yield_min_rate: Size,
     /// TLS: PEM certificate chain and private key. Both set = the server speaks TLS only.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_cert: Option<String>,
@@ -145,6 +154,12 @@ impl ComputeConfig {
                 "compute.tcp_rto_min: must be at most 200ms, the kernel's own floor (0s = the kernel's default)"
                     .into(),
             );
+        }
+        if !(Duration::from_micros(100)..=Duration::from_secs(1)).contains(&c.yield_delay_target) {
+            errors.push("compute.yield_delay_target: must be 100us..=1s".into());
+        }
+        if !(Size::kib(16)..=Size(u32::MAX as u64)).contains(&c.yield_min_rate) {
+            errors.push("compute.yield_min_rate: must be 16KiB..=4GiB (bytes per second)".into());
         }
         if c.tls_cert.is_some() != c.tls_key.is_some() {
             errors.push("compute.tls_cert, compute.tls_key: set both or neither".into());
