@@ -5,9 +5,12 @@
 //! Envoy's gradient filter and Netflix's Gradient2/Vegas judge overload from the round trip
 //! alone, which only works when calls cost about the same; an image call costs 1000× more or
 //! less with the image. Compute tells us what the work itself took (`elapsed_ms` in every
-//! answer), so `round trip − work` is the time the call spent *in front of* compute (its
-//! queue, the wire, the BFF's own encode), whatever the image. The controller keeps that
-//! wait small and compute busy:
+//! answer) and how long the call waited for a CPU worker (`imagegate-queued-us` metadata),
+//! so the controller sees compute's own queue, whatever the image. (From a compute that does
+//! not report its queue, `round trip − work` stands in: the time *in front of* compute, its
+//! queue, the wire and the BFF's own encode. On a slow link that grows with every upload
+//! sharing the link, and held the limit near compute's busy share while the link idled:
+//! bench-hol, stop 22.) The controller keeps that wait small and compute busy:
 //!
 //! - Every window (≥ 250 ms and ≥ 3 answers) it estimates how many calls compute actually
 //!   works on in parallel (Little's law: the work time answered in the window ÷ the window's
@@ -64,6 +67,9 @@ pub enum Signal {
         round_trip: Duration,
         /// The work time compute reported (its `elapsed_ms`).
         work: Duration,
+        /// How long the call waited for one of compute's CPU workers, as compute reported it
+        /// (`vocab::metadata::QUEUED_MICROS`; `None` from a compute that does not).
+        queued: Option<Duration>,
     },
     /// Compute refused the call because its queue was full (QUEUE_FULL).
     QueueFull,
@@ -174,8 +180,12 @@ impl AdaptiveLimit {
         let w = &mut self.window;
         w.peak_in_flight = w.peak_in_flight.max(in_flight);
         match signal {
-            Signal::Answered { round_trip, work } => {
-                w.waits.push(round_trip.saturating_sub(work));
+            Signal::Answered {
+                round_trip,
+                work,
+                queued,
+            } => {
+                w.waits.push(signal_wait(round_trip, work, queued));
                 w.works.push(work);
                 w.work_total += work;
             }
@@ -238,6 +248,12 @@ impl AdaptiveLimit {
             tolerance,
         });
     }
+}
+
+/// The wait in front of compute that an answer shows: what compute reports its queue was, or
+/// (from a compute that does not say) the round trip minus the work.
+pub fn signal_wait(round_trip: Duration, work: Duration, queued: Option<Duration>) -> Duration {
+    queued.unwrap_or_else(|| round_trip.saturating_sub(work))
 }
 
 /// The `q` quantile of sorted values (zero when empty).

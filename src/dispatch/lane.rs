@@ -193,10 +193,15 @@ impl Lane {
         };
         // The finishing call still holds its permit: it counts as in flight.
         let in_flight = self.metrics.in_flight.get().max(1) as usize;
-        if let Signal::Answered { round_trip, work } = signal {
+        if let Signal::Answered {
+            round_trip,
+            work,
+            queued,
+        } = signal
+        {
             self.metrics
                 .compute_wait
-                .observe(round_trip.saturating_sub(work).as_secs_f64());
+                .observe(super::adaptive::signal_wait(round_trip, work, queued).as_secs_f64());
         }
         let Some(limit) = controller.observe(Instant::now(), in_flight, signal) else {
             if let Some(v) = controller.last_verdict() {
@@ -342,7 +347,12 @@ impl Lane {
             .map(|(response, picked, round_trip)| {
                 picked.record(Outcome::Answered);
                 if let Some(work) = response.get_ref().work() {
-                    self.adapt(Signal::Answered { round_trip, work });
+                    let queued = crate::vocab::metadata::queued_of(response.metadata());
+                    self.adapt(Signal::Answered {
+                        round_trip,
+                        work,
+                        queued,
+                    });
                 }
                 response
             });

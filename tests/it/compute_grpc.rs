@@ -429,3 +429,34 @@ async fn compute_exports_its_metrics() {
     assert_eq!(metric(&text, "imagegate_compute_queue_depth"), Some(0.0));
     assert!(text.contains("process_resident_memory_bytes"));
 }
+
+#[tokio::test]
+async fn answers_say_how_long_their_job_waited_for_a_cpu_worker() {
+    let mut config = compute_config();
+    config.workers = 1;
+    let compute = start_compute(config, None);
+    let c = client(&compute).await;
+    let input = jpeg(1600, 1200);
+    let call = |mut c: ImageServiceClient<Channel>, data: Vec<u8>| async move {
+        let r = c
+            .compress(CompressRequest {
+                image_data: data.into(),
+                quality: 70,
+                output_format: ImageFormat::Jpeg as i32,
+            })
+            .await
+            .unwrap();
+        let queued = imagegate::vocab::metadata::queued_of(r.metadata()).expect("queue time");
+        (
+            queued,
+            Duration::from_millis(r.into_inner().elapsed_ms as u64),
+        )
+    };
+    // Two calls at once on one worker: one of them waits for (most of) the other's job.
+    let (a, b) = tokio::join!(call(c.clone(), input.clone()), call(c, input));
+    let (waited, other_work) = if a.0 > b.0 { (a.0, b.1) } else { (b.0, a.1) };
+    assert!(
+        waited >= other_work / 2 && !other_work.is_zero(),
+        "queued {waited:?} behind a job of {other_work:?} ({a:?}, {b:?})"
+    );
+}

@@ -123,7 +123,14 @@ impl Sim {
             let (sent, work) = self.calls.remove(&id).expect("a call in flight");
             self.in_flight -= 1;
             let round_trip = self.now() - sent;
-            self.feed(Instant::now(), Signal::Answered { round_trip, work });
+            self.feed(
+                Instant::now(),
+                Signal::Answered {
+                    round_trip,
+                    work,
+                    queued: None,
+                },
+            );
         }
     }
 
@@ -247,6 +254,7 @@ async fn queue_full_answers_bring_the_limit_down_but_not_below_what_is_served() 
             Signal::Answered {
                 round_trip: Duration::from_millis(101),
                 work: Duration::from_millis(100),
+                queued: None,
             },
         );
     }
@@ -291,6 +299,7 @@ async fn a_light_load_leaves_the_limit_alone() {
             Signal::Answered {
                 round_trip: Duration::from_millis(15),
                 work: Duration::from_millis(14),
+                queued: None,
             },
         );
     }
@@ -329,8 +338,45 @@ async fn cheap_calls_with_a_jittery_wire_do_not_collapse_the_limit() {
             Signal::Answered {
                 round_trip: Duration::from_micros(500) + wait,
                 work: Duration::from_micros(500),
+                queued: None,
             },
         );
     }
     assert!(c.limit() >= INITIAL_LIMIT, "{}", c.limit());
+}
+
+/// A slow link in front of compute (stop 22's bench-hol finding): 8 MB uploads across
+/// 100 Mbit/s, shared by every call in flight, then 0.3 s of work on a compute that keeps up.
+/// Calls finish at the link's 1.56/s whatever the limit, and each takes longer the more share
+/// the link.
+async fn slow_link(report_queue: bool) -> usize {
+    let mut c = AdaptiveLimit::new(1, 32, Instant::now());
+    let work = Duration::from_millis(300);
+    for _ in 0..(60.0 * 1.56) as usize {
+        tokio::time::advance(Duration::from_millis(641)).await;
+        let limit = c.limit();
+        let transfer = Duration::from_millis(641) * limit as u32;
+        c.observe(
+            Instant::now(),
+            limit,
+            Signal::Answered {
+                round_trip: transfer + work,
+                work,
+                queued: report_queue.then_some(Duration::from_micros(200)),
+            },
+        );
+    }
+    c.limit()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_link_is_not_mistaken_for_computes_queue_when_compute_reports_its_queue() {
+    // Compute says its queue is empty: the limit rises until every client can be in flight,
+    // which keeps the link busy (each upload's crossing overlaps the others' work).
+    let with_report = slow_link(true).await;
+    assert!(with_report >= 16, "limit {with_report}");
+    // Judged by round trip − work alone, the link's sharing reads as compute's queue and the
+    // limit sinks to compute's busy share (the under-admission bench-hol measured).
+    let without = slow_link(false).await;
+    assert!(without <= 2, "limit {without}");
 }
