@@ -404,7 +404,15 @@ async fn heavy_timeline(
         let Ok(snap) = Snapshot::take(&http, &args).await else {
             continue;
         };
-        let heavy = |name: &str| snap.sum(name, &[]).get("heavy").copied().unwrap_or(0.0);
+        // Shared mode reports its one pool as the `shared` lane.
+        let heavy = |name: &str| {
+            let by_lane = snap.sum(name, &[]);
+            by_lane
+                .get("heavy")
+                .or(by_lane.get("shared"))
+                .copied()
+                .unwrap_or(0.0)
+        };
         points.push(LanePoint {
             t: snap.at.duration_since(start).as_secs_f64(),
             sent_bytes: heavy("imagegate_lane_bytes_sent_total"),

@@ -128,7 +128,8 @@ def main():
 
     # The heavy lane's sending rate against the delay its pacer measured.
     paced = [(label, phase) for label, run in runs.items() for phase in run["phases"]
-             if phase["name"] == "loaded" and phase.get("heavy_timeline")]
+             if phase["name"] == "loaded"
+             and any(p["sent_bytes"] for p in phase.get("heavy_timeline", []))]
     if not paced:
         return
     fig, axes = plt.subplots(2, len(paced), figsize=(7 * len(paced), 7), squeeze=False,

@@ -226,7 +226,9 @@ LANE_PANELS = EXPECTED_PANELS[:7] + EXPECTED_PANELS[-2:]
 # Beyond the contract: what the BFF also exports (live reload, the upload store, process).
 EXTRA = """imagegate_config_reloads_total imagegate_store_bytes imagegate_store_objects
 imagegate_store_errors_total process_open_fds process_max_fds
-imagegate_lane_limit_bounds imagegate_lane_compute_busy imagegate_lane_compute_wait_seconds_bucket""".split()
+imagegate_lane_limit_bounds imagegate_lane_compute_busy imagegate_lane_compute_wait_seconds_bucket
+imagegate_lane_pacing_rate_bytes imagegate_lane_path_delay_seconds imagegate_compute_pacing_rate_bytes
+imagegate_compute_path_delay_seconds""".split()
 problems = []
 used = set()
 d = json.load(open("deploy/grafana/imagegate.json"))

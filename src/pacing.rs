@@ -8,6 +8,8 @@
 //!   path. The path's queueing delay is the median, over the connections that delivered bytes
 //!   in the tick (their estimate is fresh), of the smoothed round trip minus the least round
 //!   trip any of them has seen (the path with empty queues).
+//! - An unpaced side starts pacing when the delay has stayed above the target for
+//!   [`STANDING_QUEUE`] (a busy host's scheduling delays ACKs now and then; that is no queue).
 //! - Above the delay target, when the queue can be the side's own (it is not paced, or it
 //!   delivers less than it is let send), the [`Pacer`] cuts the path's rate to [`BETA`] × what
 //!   was delivered (deeper for a long queue), then holds it until the queue that cut was for
@@ -23,6 +25,9 @@
 //! cannot shorten that queue, so the pacer does not cut a paced side that delivers what it is
 //! let send (the queue it sees is not its own), and a lane makes no decision in a tick in which
 //! its answers were streaming in. Both sides yield for the whole path to stay short.
+//!
+//! Paths to a loopback address are never paced: they cross no link to share (a sidecar compute,
+//! `imagegate dev`), and a busy host's scheduling delays would read as a queue on them.
 //!
 //! Linux only (`TCP_INFO`, `SO_MAX_PACING_RATE`): elsewhere the driver warns once and nothing
 //! is paced.
@@ -45,6 +50,8 @@ pub const BETA: f64 = 0.9;
 const RISE_PER_SECOND: f64 = 0.1;
 /// How much of that peak is kept per second (it halves in about 10 s).
 const PEAK_DECAY: f64 = 0.933;
+/// How long the delay must stay above the target before an unpaced side starts pacing.
+pub const STANDING_QUEUE: Duration = Duration::from_millis(250);
 /// A queue above the target is cut deeper, so that it drains within about this long…
 const DRAIN_HORIZON: Duration = Duration::from_millis(250);
 /// …but a cut never takes more than half the rate at once.
@@ -92,6 +99,8 @@ pub struct Pacer {
     cut_from: f64,
     /// The delay the last cut was for.
     cut_delay: Duration,
+    /// Since when the delay has been above the target without a break.
+    over_since: Option<Instant>,
     /// No decision before this (the queue a cut was for is draining).
     hold_until: Instant,
     last: Instant,
@@ -106,6 +115,7 @@ impl Pacer {
             peak: 0.0,
             cut_from: 0.0,
             cut_delay: Duration::ZERO,
+            over_since: None,
             hold_until: now,
             last: now,
         }
@@ -151,6 +161,21 @@ impl Pacer {
             // Nothing to send: nothing to pace. The next burst starts unpaced and is cut
             // within a tick if it builds a queue.
             self.rate = None;
+            return None;
+        }
+        // An unpaced side starts pacing only for a queue that stands: a host whose CPUs are
+        // busy delays ACKs by a few milliseconds now and then (scheduling, not a queue on the
+        // path), and loopback or a data-centre network must stay untouched by that.
+        let over = sample.delay.is_some_and(|d| d > target);
+        self.over_since = match (over, self.over_since) {
+            (true, None) => Some(now),
+            (true, since) => since,
+            (false, _) => None,
+        };
+        let standing = self
+            .over_since
+            .is_some_and(|since| now.saturating_duration_since(since) >= STANDING_QUEUE);
+        if self.rate.is_none() && !standing {
             return None;
         }
         let held = now < self.hold_until;
@@ -321,6 +346,9 @@ pub struct Yielding {
     pub quiet_below: Option<u64>,
     /// The config key that turned it on (named in the one warning where it cannot work).
     pub key: &'static str,
+    /// Leave paths to a loopback address alone: they cross no link (a sidecar compute, `imagegate
+    /// dev`), and a busy host's scheduling would read as a queue on them.
+    pub skip_loopback: bool,
 }
 
 /// The pacers of one side's paths, by address.
@@ -385,6 +413,9 @@ impl PacedPaths {
             }
             endpoints.retain(|address, _| by_address.contains_key(address.as_str()));
             for (address, conns) in by_address {
+                if settings.skip_loopback && is_loopback(address) {
+                    continue;
+                }
                 let state = endpoints
                     .entry(address.to_string())
                     .or_insert_with(|| PathState {
@@ -448,6 +479,18 @@ impl PacedPaths {
         });
         (total, largest)
     }
+}
+
+/// Whether a path's address (`host:port`, `[v6]:port` or a bare IP) is this host's own.
+pub fn is_loopback(address: &str) -> bool {
+    if let Ok(a) = address.parse::<std::net::SocketAddr>() {
+        return a.ip().is_loopback();
+    }
+    if let Ok(ip) = address.parse::<std::net::IpAddr>() {
+        return ip.is_loopback();
+    }
+    let host = address.rsplit_once(':').map_or(address, |(h, _)| h);
+    host.eq_ignore_ascii_case("localhost")
 }
 
 #[cfg(test)]

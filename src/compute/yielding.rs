@@ -108,6 +108,7 @@ pub fn spawn(
         // Uploads stream in all the time: their ACKs' delay is what the answers are judged by.
         quiet_below: None,
         key: "compute.yield_answers",
+        skip_loopback: true,
     };
     Some(tokio::spawn(async move {
         let mut paths = PacedPaths::default();

@@ -14,15 +14,17 @@
 //!
 //! - Every window (≥ 250 ms and ≥ 3 answers) it estimates how many calls compute actually
 //!   works on in parallel (Little's law: the work time answered in the window ÷ the window's
-//!   length; "busy") and the 90th percentile of the wait.
+//!   length; "busy"), how many the endpoints serve in parallel ("served": the same over the
+//!   calls' time outside compute's queue, which on a slow link includes crossing it), and
+//!   the 90th percentile of the wait.
 //! - The wait is *too long* when it exceeds the path's own floor (the smallest wait of the
-//!   last ~10 s: wire and encode time) by more than a quarter of a typical call's work, at
-//!   least 1 ms. Then the limit falls at once to what compute demonstrably serves (busy);
+//!   last ~10 s) by more than a quarter of a typical call's own time (its work and its
+//!   crossing of the network, when compute reports its queue; else its work), at least 1 ms. Then the limit falls at once to what the endpoints demonstrably serve;
 //!   if compute already serves every call sent, the wait is not its queue and the limit holds.
 //!   Calls too cheap to tell a queue from the wire's jitter (typical work < 2 ms) are not
 //!   judged by their wait.
 //! - QUEUE_FULL answers (compute refused: its queue is full) and deadlines are overload as
-//!   well: the limit falls by a quarter, again never below busy.
+//!   well: the limit falls by a quarter, again never below what is served.
 //! - Otherwise, if the limit was reached in the window (calls were held back by it), it rises
 //!   by 10 % (at least half a call); if it was not reached it stays (no signal to climb on).
 //!
@@ -112,6 +114,11 @@ struct Window {
     waits: Vec<Duration>,
     works: Vec<Duration>,
     work_total: Duration,
+    /// The calls' time in flight outside compute's queue (round trip − the reported queue
+    /// wait): crossing the network and being worked on.
+    served_total: Duration,
+    /// Each answer's time outside compute's queue.
+    outside_queue: Vec<Duration>,
     queue_full: u32,
     deadlines: u32,
     /// The most calls in flight (including the finishing one) seen at a sample.
@@ -125,6 +132,8 @@ impl Window {
             waits: Vec::new(),
             works: Vec::new(),
             work_total: Duration::ZERO,
+            served_total: Duration::ZERO,
+            outside_queue: Vec::new(),
             queue_full: 0,
             deadlines: 0,
             peak_in_flight: 0,
@@ -185,7 +194,11 @@ impl AdaptiveLimit {
                 work,
                 queued,
             } => {
-                w.waits.push(signal_wait(round_trip, work, queued));
+                let wait = signal_wait(round_trip, work, queued);
+                w.waits.push(wait);
+                let outside_queue = round_trip.saturating_sub(wait).max(work);
+                w.served_total += outside_queue;
+                w.outside_queue.push(outside_queue);
                 w.works.push(work);
                 w.work_total += work;
             }
@@ -206,8 +219,14 @@ impl AdaptiveLimit {
     fn decide(&mut self, now: Instant, age: Duration) {
         let window = std::mem::replace(&mut self.window, Window::new(now));
         let busy = window.work_total.as_secs_f64() / age.as_secs_f64().max(1e-9);
-        // What compute demonstrably served in parallel: the limit never falls below it.
-        let served = busy.round().max(self.min as f64);
+        // What the endpoints demonstrably served in parallel, by Little's law over the time
+        // calls spent outside compute's queue: being worked on and, on a slow link, crossing
+        // it (uploads that cross while others are worked on keep compute and the link busy
+        // together). The limit never falls below it. Without compute's queue report this is
+        // `busy`.
+        let served = (window.served_total.as_secs_f64() / age.as_secs_f64().max(1e-9))
+            .round()
+            .max(self.min as f64);
         let mut waits = window.waits;
         waits.sort_unstable();
         let mut works = window.works;
@@ -220,7 +239,12 @@ impl AdaptiveLimit {
             self.baseline.push_back(least);
         }
         let floor = self.baseline.iter().min().copied().unwrap_or_default();
-        let tolerance = floor + MIN_TOLERANCE.max(quantile(&works, 0.5).mul_f64(WAIT_TOLERANCE));
+        // The queue may add a quarter of a typical call's own time: its work and, on a slow
+        // link, its crossing (the latency promise is about the whole call). Without compute's
+        // queue report that is its work.
+        let mut outside = window.outside_queue;
+        outside.sort_unstable();
+        let tolerance = floor + MIN_TOLERANCE.max(quantile(&outside, 0.5).mul_f64(WAIT_TOLERANCE));
 
         let limit = self.limit;
         let next = if window.queue_full > 0 || window.deadlines > 0 {

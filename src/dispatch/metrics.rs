@@ -68,8 +68,8 @@ pub struct LaneMetrics {
     pub limit_min: IntGauge,
     /// The ceiling (`max_in_flight`).
     pub limit_max: IntGauge,
-    /// What an adaptive lane's controller sees: the wait in front of compute per answer
-    /// (round trip − the work compute reports) and the calls compute serves in parallel.
+    /// What an adaptive lane's controller sees: the wait in compute's queue per answer (as
+    /// compute reports it, else round trip − the work compute reports).
     pub compute_wait: Histogram,
     /// Calls compute served in parallel over the controller's last window.
     pub compute_busy: Gauge,
@@ -183,7 +183,7 @@ impl LaneMetricFamilies {
                 HistogramVec::new(
                     HistogramOpts::new(
                         "imagegate_lane_compute_wait_seconds",
-                        "Adaptive lanes: per answered call, its round trip minus the work compute reported (elapsed_ms): the wait in front of compute (its queue, the wire, encoding).",
+                        "Adaptive lanes: per answered call, the wait for a CPU worker compute reported (imagegate-queued-us); from a compute that does not report it, the round trip minus the work (elapsed_ms).",
                     )
                     .buckets(vec![0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]),
                     lane,

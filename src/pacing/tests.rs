@@ -291,6 +291,8 @@ async fn the_driver_shares_the_rate_over_the_connections_with_bytes_to_send() {
         floor: FLOOR,
         quiet_below: Some(ANSWER_BYTES_PER_TICK),
         key: "test",
+        // The test's path is loopback; the rule that skips those is tested on its own.
+        skip_loopback: false,
     };
     let now = Instant::now();
     let (rate, _) = paths.tick(&own, Some(&protected), now, settings);
@@ -309,4 +311,47 @@ async fn the_driver_shares_the_rate_over_the_connections_with_bytes_to_send() {
     // A closed connection leaves the registry with its stream.
     drop(registrations.pop());
     assert_eq!(own.with_open(|open| open.len()), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn short_delay_spikes_of_a_busy_host_start_no_pacing() {
+    // Loopback on a busy host: the round trips jump to 5 ms for a tick or three (the receiver
+    // was not scheduled), then fall back; nothing queues.
+    let mut pacer = Pacer::new(Instant::now());
+    for i in 0..500 {
+        tokio::time::advance(TICK).await;
+        let spike = i % 10 < 3;
+        let sample = PathSample {
+            delay: Some(Duration::from_millis(if spike { 5 } else { 1 })),
+            delivered: 2_000_000,
+            backlogged: true,
+            answers_arriving: false,
+        };
+        assert_eq!(
+            pacer.observe(Instant::now(), TARGET, FLOOR, sample),
+            None,
+            "tick {i}"
+        );
+    }
+}
+
+#[test]
+fn loopback_paths_are_recognised_in_every_form_an_address_takes() {
+    for a in [
+        "127.0.0.1:50051",
+        "127.0.0.1",
+        "[::1]:50051",
+        "::1",
+        "localhost:50051",
+    ] {
+        assert!(is_loopback(a), "{a}");
+    }
+    for a in [
+        "10.203.0.2:50051",
+        "10.203.0.2",
+        "compute:50051",
+        "[fd00::1]:50051",
+    ] {
+        assert!(!is_loopback(a), "{a}");
+    }
 }

@@ -380,3 +380,31 @@ async fn a_slow_link_is_not_mistaken_for_computes_queue_when_compute_reports_its
     let without = slow_link(false).await;
     assert!(without <= 2, "limit {without}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn uploads_that_reach_compute_together_do_not_collapse_the_limit() {
+    // The slow link again, and a compute with one worker: uploads that shared the link finish
+    // crossing it together and queue in compute (0.3 s each in turn), a real but passing queue.
+    // The limit may fall to what is demonstrably in progress (crossing or being worked on),
+    // not to compute's busy share of 0.5, which would leave the link idle during every job.
+    let mut c = AdaptiveLimit::new(1, 32, Instant::now());
+    let work = Duration::from_millis(300);
+    let mut lowest = usize::MAX;
+    for i in 0..(60.0 * 1.56) as usize {
+        tokio::time::advance(Duration::from_millis(641)).await;
+        let limit = c.limit();
+        lowest = lowest.min(limit);
+        let transfer = Duration::from_millis(641) * limit as u32;
+        let queued = work * (i % limit.max(1)) as u32;
+        c.observe(
+            Instant::now(),
+            limit,
+            Signal::Answered {
+                round_trip: transfer + queued + work,
+                work,
+                queued: Some(queued),
+            },
+        );
+    }
+    assert!(lowest >= 4, "the limit fell to {lowest}");
+}
