@@ -51,7 +51,7 @@ const RISE_PER_SECOND: f64 = 0.1;
 /// How much of that peak is kept per second (it halves in about 10 s).
 const PEAK_DECAY: f64 = 0.933;
 /// How long the delay must stay above the target before an unpaced side starts pacing.
-pub const STANDING_QUEUE: Duration = Duration::from_millis(250);
+pub const STANDING_QUEUE: Duration = Duration::from_millis(40);
 /// A queue above the target is cut deeper, so that it drains within about this long…
 const DRAIN_HORIZON: Duration = Duration::from_millis(250);
 /// …but a cut never takes more than half the rate at once.
@@ -101,6 +101,9 @@ pub struct Pacer {
     cut_delay: Duration,
     /// Since when the delay has been above the target without a break.
     over_since: Option<Instant>,
+    /// How long that must last before an unpaced side starts pacing.
+    standing: Duration,
+
     /// No decision before this (the queue a cut was for is draining).
     hold_until: Instant,
     last: Instant,
@@ -116,8 +119,18 @@ impl Pacer {
             cut_from: 0.0,
             cut_delay: Duration::ZERO,
             over_since: None,
+            standing: STANDING_QUEUE,
             hold_until: now,
             last: now,
+        }
+    }
+
+    /// A pacer that starts pacing for a queue standing `standing` (instead of
+    /// [`STANDING_QUEUE`]).
+    pub fn with_standing(now: Instant, standing: Duration) -> Self {
+        Pacer {
+            standing,
+            ..Pacer::new(now)
         }
     }
 
@@ -159,8 +172,9 @@ impl Pacer {
 
         if !sample.backlogged && sample.delivered == 0 {
             // Nothing to send: nothing to pace. The next burst starts unpaced and is cut
-            // within a tick if it builds a queue.
+            // once its queue stands.
             self.rate = None;
+            self.over_since = None;
             return None;
         }
         // An unpaced side starts pacing only for a queue that stands: a host whose CPUs are
@@ -174,7 +188,7 @@ impl Pacer {
         };
         let standing = self
             .over_since
-            .is_some_and(|since| now.saturating_duration_since(since) >= STANDING_QUEUE);
+            .is_some_and(|since| now.saturating_duration_since(since) >= self.standing);
         if self.rate.is_none() && !standing {
             return None;
         }
@@ -346,6 +360,9 @@ pub struct Yielding {
     pub quiet_below: Option<u64>,
     /// The config key that turned it on (named in the one warning where it cannot work).
     pub key: &'static str,
+    /// How long a queue must stand before an unpaced path is paced (both sides use
+    /// [`STANDING_QUEUE`]).
+    pub standing: Duration,
     /// Leave paths to a loopback address alone: they cross no link (a sidecar compute, `imagegate
     /// dev`), and a busy host's scheduling would read as a queue on them.
     pub skip_loopback: bool,
@@ -419,7 +436,7 @@ impl PacedPaths {
                 let state = endpoints
                     .entry(address.to_string())
                     .or_insert_with(|| PathState {
-                        pacer: Pacer::new(now),
+                        pacer: Pacer::with_standing(now, settings.standing),
                         acked: HashMap::new(),
                         applied: HashMap::new(),
                     });

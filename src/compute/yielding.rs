@@ -108,6 +108,9 @@ pub fn spawn(
         // Uploads stream in all the time: their ACKs' delay is what the answers are judged by.
         quiet_below: None,
         key: "compute.yield_answers",
+        // Starting at once for the answers' ~100 ms bursts was tried: one bench-hol run gave
+        // a shorter queue on the way back but 0.75× the throughput (docs/benchmarks-hol.md).
+        standing: crate::pacing::STANDING_QUEUE,
         skip_loopback: true,
     };
     Some(tokio::spawn(async move {
