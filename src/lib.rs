@@ -26,8 +26,9 @@
 //! validated with key names),
 //! [`metrics`] (one Prometheus registry per server), [`proto`] (generated code),
 //! [`shutdown`] (signals), [`trace_context`] (request ids across the system), [`logging`], [`reload`] (live config reload), [`sockopt`] (the TCP
-//! retransmission floor and thread priority, which have no safe wrapper), and [`dev`] (both
-//! servers in one process for `make run`).
+//! retransmission floor, round-trip estimates, pacing cap and thread priority, which have no
+//! safe wrapper), [`pacing`] (yielding a slow path to small calls: the pacer both sides use),
+//! and [`dev`] (both servers in one process for `make run`).
 
 // Every `pub` item is reachable from the crate root (a `pub` deep in a private module is a lie
 // about the API); `make lint` denies warnings, so this is enforced.

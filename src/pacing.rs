@@ -69,14 +69,14 @@ pub const ANSWER_BYTES_PER_TICK: u64 = 64 * 1024;
 /// A cap this many times above what is delivered does not bind: it is lifted.
 const UNBOUND: f64 = 4.0;
 
-/// What one tick measured on the path to one endpoint.
+/// What one tick measured on one path.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct PathSample {
     /// The queueing delay, when a connection's estimate was fresh.
     pub delay: Option<Duration>,
-    /// Bytes the yielding lane's connections to the endpoint delivered since the last tick.
+    /// Bytes the yielding side's connections on the path delivered since the last tick.
     pub delivered: u64,
-    /// The yielding lane has bytes in flight or waiting to be sent.
+    /// The yielding side has bytes in flight or waiting to be sent.
     pub backlogged: bool,
     /// Compute's answers were streaming in on the lane's connections during the tick: they
     /// queue on the way back and delay the ACKs, so the round trips say little about the
@@ -84,8 +84,8 @@ pub struct PathSample {
     pub answers_arriving: bool,
 }
 
-/// The rate controller of one endpoint of a yielding lane: plain and synchronous, driven by
-/// the caller's clock, so it is tested with a simulated bottleneck under tokio's paused clock.
+/// The rate controller of one path of a yielding side (a lane's compute endpoint, compute's
+/// peer): plain and synchronous, driven by the caller's clock, so it is tested with a simulated bottleneck under tokio's paused clock.
 #[derive(Debug)]
 pub struct Pacer {
     /// The endpoint's rate in bytes per second; `None`: not paced.
@@ -103,7 +103,6 @@ pub struct Pacer {
     over_since: Option<Instant>,
     /// How long that must last before an unpaced side starts pacing.
     standing: Duration,
-
     /// No decision before this (the queue a cut was for is draining).
     hold_until: Instant,
     last: Instant,
