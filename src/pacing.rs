@@ -399,21 +399,24 @@ impl PacedPaths {
     ) -> (u64, Option<Duration>) {
         let endpoints = &mut self.paths;
         let Yielding { target, floor, .. } = settings;
-        let empty = SocketRegistry::default();
-        let protected = protected.unwrap_or(&empty);
+        // Paths that are never paced are not measured either.
+        let measured = |s: &OpenSocket| !(settings.skip_loopback && is_loopback(&s.address));
         // The protected lane's connections, read first and apart: their lock is not held while the
         // yielding lane's is.
-        let theirs: Vec<(String, u64, TcpPath)> = protected.with_open(|open| {
-            open.iter()
-                .filter_map(|s| Some((s.address.clone(), s.id, tcp_path(s.fd()).ok()?)))
-                .collect()
+        let theirs: Vec<(String, u64, TcpPath)> = protected.map_or_else(Vec::new, |protected| {
+            protected.with_open(|open| {
+                open.iter()
+                    .filter(|s| measured(s))
+                    .filter_map(|s| Some((s.address.clone(), s.id, tcp_path(s.fd()).ok()?)))
+                    .collect()
+            })
         });
         let mut total = 0u64;
         let mut largest: Option<Duration> = None;
         own.with_open(|open| {
             let mut by_address: BTreeMap<&str, Vec<(u64, TcpPath, BorrowedFd<'_>)>> =
                 BTreeMap::new();
-            for s in open {
+            for s in open.iter().filter(|s| measured(s)) {
                 match tcp_path(s.fd()) {
                     Ok(path) => {
                         by_address
@@ -429,9 +432,6 @@ impl PacedPaths {
             }
             endpoints.retain(|address, _| by_address.contains_key(address.as_str()));
             for (address, conns) in by_address {
-                if settings.skip_loopback && is_loopback(address) {
-                    continue;
-                }
                 let state = endpoints
                     .entry(address.to_string())
                     .or_insert_with(|| PathState {

@@ -114,10 +114,8 @@ struct Window {
     waits: Vec<Duration>,
     works: Vec<Duration>,
     work_total: Duration,
-    /// The calls' time in flight outside compute's queue (round trip − the reported queue
+    /// Each answer's time in flight outside compute's queue (round trip − the reported queue
     /// wait): crossing the network and being worked on.
-    served_total: Duration,
-    /// Each answer's time outside compute's queue.
     outside_queue: Vec<Duration>,
     queue_full: u32,
     deadlines: u32,
@@ -132,7 +130,6 @@ impl Window {
             waits: Vec::new(),
             works: Vec::new(),
             work_total: Duration::ZERO,
-            served_total: Duration::ZERO,
             outside_queue: Vec::new(),
             queue_full: 0,
             deadlines: 0,
@@ -196,9 +193,8 @@ impl AdaptiveLimit {
             } => {
                 let wait = signal_wait(round_trip, work, queued);
                 w.waits.push(wait);
-                let outside_queue = round_trip.saturating_sub(wait).max(work);
-                w.served_total += outside_queue;
-                w.outside_queue.push(outside_queue);
+                w.outside_queue
+                    .push(round_trip.saturating_sub(wait).max(work));
                 w.works.push(work);
                 w.work_total += work;
             }
@@ -224,7 +220,8 @@ impl AdaptiveLimit {
         // it (uploads that cross while others are worked on keep compute and the link busy
         // together). The limit never falls below it. Without compute's queue report this is
         // `busy`.
-        let served = (window.served_total.as_secs_f64() / age.as_secs_f64().max(1e-9))
+        let served_total: Duration = window.outside_queue.iter().sum();
+        let served = (served_total.as_secs_f64() / age.as_secs_f64().max(1e-9))
             .round()
             .max(self.min as f64);
         let mut waits = window.waits;

@@ -43,16 +43,15 @@ async fn drive(lane: Weak<Lane>, registries: BTreeMap<String, Arc<SocketRegistry
         let Some(lane) = lane.upgrade() else { return };
         let config = lane.config();
         let own = lane.upstream().sockets();
-        let protected = registries.get(&config.yield_to);
-        if config.yield_to.is_empty() || protected.is_none() {
+        // `yield_to = ""` (off) names no lane, so it finds no registry.
+        let Some(protected) = registries.get(&config.yield_to) else {
             paths.lift(own);
             lane.metrics().pacing_rate.set(0);
             lane.metrics().path_delay.set(0.0);
             drop(lane);
             tokio::time::sleep(Duration::from_millis(500)).await;
             continue;
-        }
-        let protected = protected.expect("checked above");
+        };
         let now = Instant::now();
         let settings = Yielding {
             target: config.yield_delay_target,
