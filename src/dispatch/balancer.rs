@@ -25,12 +25,15 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tokio::time::Instant;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tokio_rustls::rustls::{ClientConfig, RootCertStore};
 use tonic::{Code, Status};
 
+use super::channel::{ChannelSettings, ChannelTls, LaneChannel};
 use super::connector::{ConnectionMetrics, MeteredConnector};
 use super::metrics::EndpointMetrics;
-use super::pool::{ChannelPool, LaneExecutor};
+use super::pool::ChannelPool;
 use crate::config::target::{Target, TargetKind};
 use crate::config::{ComputeTlsConfig, LaneConfig};
 use crate::pacing::SocketRegistry;
@@ -153,11 +156,11 @@ impl ComputeEndpoint {
     }
 }
 
-/// Builds the tonic endpoint of one address with the lane's settings.
+/// Builds the channel settings of one address with the lane's settings.
 #[derive(Clone)]
 struct EndpointTemplate {
     scheme: &'static str,
-    tls: Option<ClientTlsConfig>,
+    tls: Option<Arc<ClientConfig>>,
     /// For TLS: the name compute's certificate must carry, when it is not the address's host
     /// (a `dns://` target connects to IPs but verifies the DNS name).
     server_name: Option<String>,
@@ -167,37 +170,48 @@ struct EndpointTemplate {
 }
 
 impl EndpointTemplate {
-    fn endpoint(&self, address: &str) -> anyhow::Result<Endpoint> {
+    fn settings(&self, address: &str) -> anyhow::Result<ChannelSettings> {
         let c = &self.config;
-        let mut endpoint = Endpoint::from_shared(format!("{}://{address}", self.scheme))?
-            .executor(LaneExecutor(self.runtime.clone()))
-            .http2_keep_alive_interval(c.keepalive_interval)
-            .keep_alive_timeout(c.keepalive_timeout)
-            .keep_alive_while_idle(true)
-            .initial_stream_window_size(c.stream_window.0 as u32)
-            .initial_connection_window_size(c.connection_window.0 as u32)
-            .max_frame_size(crate::vocab::limits::H2_MAX_FRAME_SIZE)
-            .tcp_nodelay(true)
+        let authority: http::uri::Authority = address
+            .parse()
+            .map_err(|e| anyhow::anyhow!("compute address {address:?}: {e}"))?;
+        let tls = match &self.tls {
+            None => None,
+            Some(config) => {
+                let name = self
+                    .server_name
+                    .clone()
+                    .unwrap_or_else(|| authority.host().trim_matches(['[', ']']).to_string());
+                let server_name = ServerName::try_from(name.clone()).map_err(|e| {
+                    anyhow::anyhow!("{name:?} is no name a TLS certificate can carry: {e}")
+                })?;
+                Some(ChannelTls {
+                    config: Arc::clone(config),
+                    server_name,
+                })
+            }
+        };
+        Ok(ChannelSettings {
+            scheme: self.scheme.parse().expect("http or https"),
+            authority,
+            tls,
             // Bounds the whole connect through the TLS handshake: a hung peer whose kernel
             // still accepts connections must not hold a connect for minutes.
-            .connect_timeout(c.connect_timeout);
-        if let Some(tls) = &self.tls {
-            let mut tls = tls.clone();
-            if let Some(name) = &self.server_name {
-                tls = tls.domain_name(name.clone());
-            }
-            endpoint = endpoint.tls_config(tls)?;
-        }
-        Ok(endpoint)
+            connect_timeout: c.connect_timeout,
+            http2: ChannelSettings::http2(
+                &self.runtime,
+                c.stream_window.0 as u32,
+                c.connection_window.0 as u32,
+                c.keepalive_interval,
+                c.keepalive_timeout,
+            ),
+            runtime: self.runtime.clone(),
+            connector: self.connector.clone(),
+        })
     }
 
     async fn build(&self, address: String) -> anyhow::Result<Arc<ComputeEndpoint>> {
-        let channels = ChannelPool::new(
-            self.endpoint(&address)?,
-            self.connector.clone(),
-            self.config.connections,
-        )
-        .await?;
+        let channels = ChannelPool::new(self.settings(&address)?, self.config.connections);
         Ok(Arc::new(ComputeEndpoint {
             address,
             channels,
@@ -207,23 +221,36 @@ impl EndpointTemplate {
     }
 }
 
-/// Reads the PEM files of `[compute_tls]` into tonic's client TLS settings.
-pub fn client_tls(config: &ComputeTlsConfig) -> anyhow::Result<ClientTlsConfig> {
+/// rustls' client settings from the PEM files of `[compute_tls]` (none: no roots, as with
+/// tonic's default), with ALPN `h2`.
+pub fn client_tls(config: Option<&ComputeTlsConfig>) -> anyhow::Result<Arc<ClientConfig>> {
     let read = |key: &str, path: &str| {
         std::fs::read(path)
             .map_err(|e| anyhow::anyhow!("compute_tls.{key}: cannot read {path:?}: {e}"))
     };
-    let mut tls = ClientTlsConfig::new();
-    if let Some(ca) = &config.ca_cert {
-        tls = tls.ca_certificate(Certificate::from_pem(read("ca_cert", ca)?));
+    let certificates = |key: &str, path: &str| -> anyhow::Result<Vec<CertificateDer<'static>>> {
+        CertificateDer::pem_slice_iter(&read(key, path)?)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| anyhow::anyhow!("compute_tls.{key}: {path:?} is no PEM certificate: {e}"))
+    };
+    let mut roots = RootCertStore::empty();
+    if let Some(ca) = config.and_then(|c| c.ca_cert.as_deref()) {
+        roots.add_parsable_certificates(certificates("ca_cert", ca)?);
     }
-    if let (Some(cert), Some(key)) = (&config.cert, &config.key) {
-        tls = tls.identity(Identity::from_pem(read("cert", cert)?, read("key", key)?));
-    }
-    if let Some(name) = &config.server_name {
-        tls = tls.domain_name(name.clone());
-    }
-    Ok(tls)
+    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let builder = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots);
+    let mut tls = match config.and_then(|c| c.cert.as_deref().zip(c.key.as_deref())) {
+        Some((cert, key)) => {
+            let key = PrivateKeyDer::from_pem_slice(&read("key", key)?)
+                .map_err(|e| anyhow::anyhow!("compute_tls.key: {key:?} is no PEM key: {e}"))?;
+            builder.with_client_auth_cert(certificates("cert", cert)?, key)?
+        }
+        None => builder.with_no_client_auth(),
+    };
+    tls.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(tls))
 }
 
 /// A lane's replicas and the balancer over them.
@@ -241,7 +268,7 @@ pub struct Picked {
     /// The replica chosen.
     pub endpoint: Arc<ComputeEndpoint>,
     /// One of its connections to send the call on.
-    pub channel: Channel,
+    pub channel: LaneChannel,
     upstream: Arc<Upstream>,
     probe: bool,
     done: bool,
@@ -284,10 +311,10 @@ impl Upstream {
         resolver: Resolver,
     ) -> anyhow::Result<Arc<Upstream>> {
         let use_tls = target.https || tls.is_some_and(|t| t.enabled);
-        let tls_config = match (use_tls, tls) {
-            (false, _) => None,
-            (true, Some(t)) => Some(client_tls(t)?),
-            (true, None) => Some(ClientTlsConfig::new()),
+        let tls_config = if use_tls {
+            Some(client_tls(tls)?)
+        } else {
+            None
         };
         let server_name = match (&target.kind, tls.and_then(|t| t.server_name.clone())) {
             (_, Some(name)) => Some(name),
@@ -376,17 +403,16 @@ impl Upstream {
 
     /// Chooses the endpoint for a call, avoiding `tried` ones (a retry goes elsewhere) while
     /// others are available.
-    pub async fn pick(self: &Arc<Self>, tried: &[Arc<ComputeEndpoint>]) -> Result<Picked, Status> {
+    /// Nothing here awaits: a claim (in flight, the probe flag) is never left behind by a
+    /// caller that goes away in the middle of a pick.
+    pub fn pick(self: &Arc<Self>, tried: &[Arc<ComputeEndpoint>]) -> Result<Picked, Status> {
         let endpoint = self.choose(tried).ok_or_else(|| {
             Status::unavailable(format!(
                 "no compute endpoint: {} resolved to no address",
                 self.target
             ))
         })?;
-        // The only await comes first: a pick cancelled there (the caller went away) has not
-        // claimed anything yet. Counted in flight or flagged as the probe before an await, a
-        // cancelled pick would keep both for ever (an ejected endpoint never probed again).
-        let channel = endpoint.channels.pick().await;
+        let channel = endpoint.channels.pick();
         let probe = {
             let mut h = endpoint.health();
             match h.ejected_until {

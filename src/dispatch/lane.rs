@@ -11,10 +11,10 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use super::channel::LaneChannel;
 use arc_swap::ArcSwap;
 use futures_util::Stream;
 use tokio::time::{Instant, Sleep};
-use tonic::transport::Channel;
 use tonic::{Code, Status};
 use tower::retry::budget::{Budget, TpsBudget};
 
@@ -293,7 +293,7 @@ impl Lane {
     where
         Req: Clone,
         Resp: ReportsWork,
-        F: Fn(Channel, tonic::Request<Req>) -> Fut,
+        F: Fn(LaneChannel, tonic::Request<Req>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
     {
         self.unary_within(method, None, request, call).await
@@ -313,7 +313,7 @@ impl Lane {
     where
         Req: Clone,
         Resp: ReportsWork,
-        F: Fn(Channel, tonic::Request<Req>) -> Fut,
+        F: Fn(LaneChannel, tonic::Request<Req>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
     {
         let entered = Instant::now();
@@ -381,7 +381,7 @@ impl Lane {
     where
         Req: Clone,
         Item: Send + 'static,
-        F: Fn(Channel, tonic::Request<Req>) -> Fut,
+        F: Fn(LaneChannel, tonic::Request<Req>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<tonic::Streaming<Item>>, Status>>,
     {
         let config = self.config.load_full();
@@ -427,7 +427,7 @@ impl Lane {
     ) -> Result<(tonic::Response<Resp>, Picked, Duration), DispatchError>
     where
         Req: Clone,
-        F: Fn(Channel, tonic::Request<Req>) -> Fut,
+        F: Fn(LaneChannel, tonic::Request<Req>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
     {
         let budget = self.budget.load_full();
@@ -440,11 +440,7 @@ impl Lane {
             if remaining.is_zero() {
                 return Err(self.deadline_exceeded(config));
             }
-            let picked = self
-                .upstream
-                .pick(&tried)
-                .await
-                .map_err(DispatchError::Status)?;
+            let picked = self.upstream.pick(&tried).map_err(DispatchError::Status)?;
             let mut req = tonic::Request::new(request.clone());
             req.set_timeout(remaining);
             crate::trace_context::TraceContext::inject_current(req.metadata_mut());

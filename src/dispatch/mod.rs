@@ -8,7 +8,9 @@
 //! - [`circuit`]: the lane's circuit breaker;
 //! - [`balancer`]: the lane's compute replicas — least-in-flight choice, ejection of failing
 //!   endpoints, `dns://` re-resolution;
-//! - [`pool`]: the lane's channels to one compute endpoint (deadpool-managed);
+//! - [`pool`]: the lane's channels to one compute endpoint, handed out in turn;
+//! - [`channel`]: one of them: an HTTP/2 connection driven by hyper, made lazily and again
+//!   after it closes;
 //! - [`connector`]: the metered TCP connector every connection goes through;
 //! - [`metrics`]: the `imagegate_lane_*` families.
 //!
@@ -19,6 +21,7 @@
 
 pub mod adaptive;
 pub mod balancer;
+pub mod channel;
 pub mod circuit;
 pub mod clients;
 pub mod connector;

@@ -45,7 +45,7 @@ async fn an_even_load_goes_round_robin_and_a_busy_endpoint_is_skipped() {
     let u = upstream("a:1,b:2,c:3", &config, system_resolver()).await;
     let mut counts = std::collections::HashMap::new();
     for _ in 0..30 {
-        let p = u.pick(&[]).await.unwrap();
+        let p = u.pick(&[]).unwrap();
         *counts.entry(p.endpoint.address.clone()).or_insert(0) += 1;
         p.record(Outcome::Answered);
     }
@@ -56,7 +56,7 @@ async fn an_even_load_goes_round_robin_and_a_busy_endpoint_is_skipped() {
     // Two calls held on each; then b's and c's finish: the next calls skip busy `a:1`.
     let mut held_on_a = Vec::new();
     for _ in 0..6 {
-        let p = u.pick(&[]).await.unwrap();
+        let p = u.pick(&[]).unwrap();
         if p.endpoint.address == "a:1" {
             held_on_a.push(p);
         } else {
@@ -65,7 +65,7 @@ async fn an_even_load_goes_round_robin_and_a_busy_endpoint_is_skipped() {
     }
     assert_eq!(held_on_a.len(), 2, "six calls went round robin");
     for _ in 0..4 {
-        let p = u.pick(&[]).await.unwrap();
+        let p = u.pick(&[]).unwrap();
         assert_ne!(p.endpoint.address, "a:1");
         p.record(Outcome::Answered);
     }
@@ -83,7 +83,7 @@ async fn consecutive_failures_eject_and_a_probe_readmits_with_backoff() {
     let a = u.endpoints()[0].clone();
     let fail_a = |u: Arc<Upstream>| async move {
         loop {
-            let p = u.pick(&[]).await.unwrap();
+            let p = u.pick(&[]).unwrap();
             if p.endpoint.address == "a:1" {
                 p.record(Outcome::Failed);
                 return;
@@ -97,27 +97,27 @@ async fn consecutive_failures_eject_and_a_probe_readmits_with_backoff() {
     assert!(a.is_ejected());
     // While ejected, every call goes to b.
     for _ in 0..10 {
-        let p = u.pick(&[]).await.unwrap();
+        let p = u.pick(&[]).unwrap();
         assert_eq!(p.endpoint.address, "b:2");
     }
     // After eject_for, exactly one probe goes to a; its failure doubles the ejection.
     tokio::time::advance(Duration::from_millis(1001)).await;
     let probe = loop {
-        let p = u.pick(&[]).await.unwrap();
+        let p = u.pick(&[]).unwrap();
         if p.endpoint.address == "a:1" {
             break p;
         }
     };
-    let meanwhile = u.pick(&[]).await.unwrap();
+    let meanwhile = u.pick(&[]).unwrap();
     assert_eq!(meanwhile.endpoint.address, "b:2", "one probe at a time");
     probe.record(Outcome::Failed);
     tokio::time::advance(Duration::from_millis(1500)).await;
     for _ in 0..4 {
-        assert_eq!(u.pick(&[]).await.unwrap().endpoint.address, "b:2");
+        assert_eq!(u.pick(&[]).unwrap().endpoint.address, "b:2");
     }
     tokio::time::advance(Duration::from_millis(600)).await;
     let probe = loop {
-        let p = u.pick(&[]).await.unwrap();
+        let p = u.pick(&[]).unwrap();
         if p.endpoint.address == "a:1" {
             break p;
         }
@@ -132,13 +132,13 @@ async fn at_most_half_the_endpoints_are_ejected_and_calls_still_go_somewhere() {
     config.eject_after = 1;
     // One endpoint: never ejected (it would leave nothing), calls keep going there.
     let u = upstream("a:1", &config, system_resolver()).await;
-    u.pick(&[]).await.unwrap().record(Outcome::Failed);
+    u.pick(&[]).unwrap().record(Outcome::Failed);
     assert!(!u.endpoints()[0].is_ejected());
-    assert_eq!(u.pick(&[]).await.unwrap().endpoint.address, "a:1");
+    assert_eq!(u.pick(&[]).unwrap().endpoint.address, "a:1");
     // Two failing everywhere (a deadline shorter than the work): only one goes.
     let u = upstream("a:1,b:2", &config, system_resolver()).await;
     for _ in 0..6 {
-        u.pick(&[]).await.unwrap().record(Outcome::Failed);
+        u.pick(&[]).unwrap().record(Outcome::Failed);
     }
     let ejected = u.endpoints().iter().filter(|e| e.is_ejected()).count();
     assert_eq!(ejected, 1, "at most half of two");
@@ -151,20 +151,19 @@ async fn an_endpoint_follows_the_health_lanes_verdict_and_comes_back_with_it() {
     u.follow_peer("a:1", true);
     assert!(u.endpoints()[0].is_ejected());
     for _ in 0..10 {
-        assert_eq!(u.pick(&[]).await.unwrap().endpoint.address, "b:2");
+        assert_eq!(u.pick(&[]).unwrap().endpoint.address, "b:2");
     }
     // Still failing its health checks: it stays out (no probe of its own meanwhile).
     tokio::time::advance(Duration::from_secs(5)).await;
     u.follow_peer("a:1", true);
     for _ in 0..10 {
-        assert_eq!(u.pick(&[]).await.unwrap().endpoint.address, "b:2");
+        assert_eq!(u.pick(&[]).unwrap().endpoint.address, "b:2");
     }
     // The health lane sees it answer: back at once.
     u.follow_peer("a:1", false);
     assert!(!u.endpoints()[0].is_ejected());
     let seen: std::collections::HashSet<_> = (0..4)
-        .map(|_| futures_util::FutureExt::now_or_never(u.pick(&[])))
-        .map(|p| p.unwrap().unwrap())
+        .map(|_| u.pick(&[]).unwrap())
         .map(|p| {
             let a = p.endpoint.address.clone();
             p.record(Outcome::Answered);
@@ -183,9 +182,9 @@ async fn a_retry_avoids_the_endpoint_that_just_failed() {
     let config = LaneConfig::heavy_defaults();
     let u = upstream("a:1,b:2", &config, system_resolver()).await;
     for _ in 0..6 {
-        let first = u.pick(&[]).await.unwrap();
+        let first = u.pick(&[]).unwrap();
         let tried = vec![first.endpoint.clone()];
-        let retry = u.pick(&tried).await.unwrap();
+        let retry = u.pick(&tried).unwrap();
         assert_ne!(first.endpoint.address, retry.endpoint.address);
     }
 }
@@ -204,7 +203,7 @@ async fn dns_targets_follow_the_name_and_drain_what_vanishes() {
     config.resolve_interval = Duration::from_secs(5);
     let u = upstream("dns://compute.test:7", &config, resolver).await;
     assert_eq!(addresses(&u), ["10.0.0.1:7"]);
-    let on_first = u.pick(&[]).await.unwrap();
+    let on_first = u.pick(&[]).unwrap();
 
     *answer.lock().unwrap() = vec!["10.0.0.1:7".parse().unwrap(), "10.0.0.2:7".parse().unwrap()];
     tokio::time::sleep(Duration::from_millis(5100)).await;

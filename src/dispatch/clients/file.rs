@@ -14,7 +14,7 @@ pub const FILE_COMPRESS: &str = "compute.FileService/Compress";
 pub const EXTRACT: &str = "compute.FileService/Extract";
 
 service_client!(FileServiceClient);
-type Client = FileServiceClient<tonic::transport::Channel>;
+type Client = FileServiceClient<crate::dispatch::channel::LaneChannel>;
 
 impl ReportsWork for FileCompressResponse {
     fn work(&self) -> Option<std::time::Duration> {

@@ -16,7 +16,7 @@ use crate::proto::{HealthCheckRequest, HealthCheckResponse, ServingStatus};
 pub const HEALTH_CHECK: &str = "compute.HealthService/Check";
 
 service_client!(HealthServiceClient);
-type Client = HealthServiceClient<tonic::transport::Channel>;
+type Client = HealthServiceClient<crate::dispatch::channel::LaneChannel>;
 
 impl ReportsWork for HealthCheckResponse {
     /// A health check does no work: the adaptive limit does not judge its wait.

@@ -20,7 +20,7 @@ pub const WATERMARK: &str = "compute.ImageService/Watermark";
 pub const BATCH_PROCESS: &str = "compute.ImageService/BatchProcess";
 
 service_client!(ImageServiceClient);
-type Client = ImageServiceClient<tonic::transport::Channel>;
+type Client = ImageServiceClient<crate::dispatch::channel::LaneChannel>;
 
 impl ReportsWork for CompressResponse {
     fn work(&self) -> Option<std::time::Duration> {

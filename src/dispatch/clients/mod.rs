@@ -18,7 +18,7 @@ mod zero_copy;
 use std::future::Future;
 use std::time::Duration;
 
-use tonic::transport::Channel;
+use crate::dispatch::channel::LaneChannel;
 use tonic::Status;
 
 use super::lane::{LaneStream, ReportsWork};
@@ -28,14 +28,19 @@ use super::{DispatchError, Dispatcher};
 /// both directions (tonic's own default is 4 MiB).
 pub trait ServiceClient {
     /// The client on `channel`, sending and receiving messages of up to `max_message` bytes.
-    fn on_lane(channel: Channel, max_message: usize) -> Self;
+    fn on_lane(channel: LaneChannel, max_message: usize) -> Self;
 }
 
 /// Implements [`ServiceClient`] for a generated client type.
 macro_rules! service_client {
     ($client:ident) => {
-        impl $crate::dispatch::clients::ServiceClient for $client<::tonic::transport::Channel> {
-            fn on_lane(channel: ::tonic::transport::Channel, max_message: usize) -> Self {
+        impl $crate::dispatch::clients::ServiceClient
+            for $client<$crate::dispatch::channel::LaneChannel>
+        {
+            fn on_lane(
+                channel: $crate::dispatch::channel::LaneChannel,
+                max_message: usize,
+            ) -> Self {
                 $client::new(channel)
                     .max_decoding_message_size(max_message)
                     .max_encoding_message_size(max_message)

@@ -8,21 +8,23 @@
 //! multipart intake filled). h2 frames that buffer in place. Protobuf lets fields come in any
 //! order, so compute decodes the result exactly like tonic's encoding.
 //!
-//! The answer is decoded by tonic's own [`Streaming`] (its message limit, its trailer
-//! handling and error texts), and transport errors are mapped by [`Status::from_error`] as
-//! tonic's client does, so the lane sees the same statuses either way.
+//! The answer is read the same way round: a message that arrives in one HTTP/2 DATA frame is
+//! decoded from that frame's own `Bytes` (prost takes `bytes` fields from it without copying),
+//! with tonic's checks and error texts (its message limit, trailers, a missing status), and
+//! transport errors are mapped by [`Status::from_error`] as tonic's client does, so the lane
+//! sees the same statuses either way.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use crate::dispatch::channel::LaneChannel;
 use bytes::{BufMut, Bytes, BytesMut};
 use http_body::{Frame, SizeHint};
+use http_body_util::BodyExt;
 use prost::encoding::{encode_key, encode_varint, encoded_len_varint, key_len, WireType};
-use tonic::codec::Streaming;
 use tonic::metadata::MetadataMap;
-use tonic::transport::Channel;
 use tonic::Status;
 use tower::ServiceExt;
 
@@ -77,7 +79,7 @@ pub(crate) fn encode<Req: ImagePayload>(
 /// The unary call `method` (`compute.ImageService/Compress`) on `channel`, its request body
 /// sent as [`encode`] lays it out, its answer decoded with the lane's message limit.
 pub(crate) async fn unary<Req, Resp>(
-    channel: Channel,
+    channel: LaneChannel,
     method: &str,
     request: tonic::Request<Req>,
     max_message: usize,
@@ -105,30 +107,198 @@ where
     let response = channel
         .oneshot(http_request)
         .await
-        .map_err(|e| Status::from_error(e.into()))?;
+        .map_err(Status::from_error)?;
     let (parts, body) = response.into_parts();
     if let Some(status) = Status::from_header_map(&parts.headers) {
         if status.code() != tonic::Code::Ok {
             return Err(status); // a trailers-only answer
         }
     }
-    let decoder = tonic_prost::ProstDecoder::<Resp>::default();
-    let mut body = Streaming::new_response(decoder, body, parts.status, None, Some(max_message));
-    // A failed call's status carries what compute sent in the trailers (code, message, error
-    // details), which is all the lane reads of it.
-    let message = body
-        .message()
-        .await?
-        .ok_or_else(|| Status::internal("Missing response message."))?;
+    let (message, trailers) = read_answer(body, parts.status, max_message).await?;
+    let message = Resp::decode(message).map_err(|e| Status::internal(e.to_string()))?;
     let mut headers = parts.headers;
-    if let Some(trailers) = body.trailers().await? {
-        headers.extend(trailers.into_headers());
+    if let Some(trailers) = trailers {
+        headers.extend(trailers);
     }
     Ok(tonic::Response::from_parts(
         MetadataMap::from_headers(headers),
         message,
         parts.extensions,
     ))
+}
+
+/// Reads a unary answer to its end: its message (without the gRPC prefix) and its trailers.
+///
+/// The checks, codes and texts are tonic's `Streaming` (the message limit, the compression
+/// flag, a truncated message, the status from the trailers or else from the HTTP status), so
+/// the lane sees the same answers. What differs is the copying: tonic copies every DATA frame
+/// into one growing buffer; here a message that arrives in one frame (with 1 MiB frames, every
+/// answer up to 1 MiB) is that frame's own `Bytes`, and a longer one is copied once into a
+/// buffer of its exact size. prost decodes `bytes` fields from a `Bytes` without copying, so
+/// the answer's image is the frame compute sent.
+async fn read_answer(
+    mut body: hyper::body::Incoming,
+    http_status: http::StatusCode,
+    max_message: usize,
+) -> Result<(Bytes, Option<http::HeaderMap>), Status> {
+    let mut answer = AnswerBuffer::new(max_message, http_status);
+    let mut trailers: Option<http::HeaderMap> = None;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| Status::from_error(Box::new(e)))?;
+        match frame.into_data() {
+            Ok(data) => answer.push(data)?,
+            Err(frame) => {
+                if let Ok(more) = frame.into_trailers() {
+                    trailers
+                        .get_or_insert_with(http::HeaderMap::new)
+                        .extend(more);
+                }
+            }
+        }
+    }
+    let message = answer.finish(trailers.as_ref())?;
+    Ok((message, trailers))
+}
+
+/// The first gRPC message of an answer, assembled from its DATA frames.
+struct AnswerBuffer {
+    max_message: usize,
+    http_status: http::StatusCode,
+    /// Frames received before the message was complete.
+    chunks: Vec<Bytes>,
+    received: usize,
+    /// The message's length, once its 5-byte prefix has arrived.
+    length: Option<usize>,
+    /// The whole message (a unary answer carries one; bytes after it are dropped, as tonic
+    /// drops further messages of a unary answer).
+    message: Option<Bytes>,
+}
+
+/// gRPC's message prefix: the compression flag and the length (big-endian `u32`).
+const PREFIX: usize = 5;
+
+impl AnswerBuffer {
+    fn new(max_message: usize, http_status: http::StatusCode) -> Self {
+        AnswerBuffer {
+            max_message,
+            http_status,
+            chunks: Vec::new(),
+            received: 0,
+            length: None,
+            message: None,
+        }
+    }
+
+    fn push(&mut self, data: Bytes) -> Result<(), Status> {
+        if self.message.is_some() || data.is_empty() {
+            return Ok(());
+        }
+        self.received += data.len();
+        self.chunks.push(data);
+        if self.length.is_none() && self.received >= PREFIX {
+            let mut prefix = [0u8; PREFIX];
+            let mut filled = 0;
+            for chunk in &self.chunks {
+                let n = (PREFIX - filled).min(chunk.len());
+                prefix[filled..filled + n].copy_from_slice(&chunk[..n]);
+                filled += n;
+                if filled == PREFIX {
+                    break;
+                }
+            }
+            match prefix[0] {
+                0 => {}
+                1 => {
+                    return Err(Status::internal(
+                        "protocol error: received message with compressed-flag but no grpc-encoding was specified",
+                    ))
+                }
+                f => {
+                    return Err(Status::internal(format!(
+                        "protocol error: received message with invalid compression flag: {f} (valid flags are 0 and 1) while receiving response with status: {}",
+                        self.http_status
+                    )))
+                }
+            }
+            let length = u32::from_be_bytes([prefix[1], prefix[2], prefix[3], prefix[4]]) as usize;
+            if length > self.max_message {
+                return Err(Status::out_of_range(format!(
+                    "Error, decoded message length too large: found {length} bytes, the limit is: {} bytes",
+                    self.max_message
+                )));
+            }
+            self.length = Some(length);
+        }
+        if let Some(length) = self.length {
+            if self.received >= PREFIX + length {
+                self.message = Some(self.assemble(length));
+                self.chunks = Vec::new();
+            }
+        }
+        Ok(())
+    }
+
+    /// The message's bytes: a slice of its frame when one frame holds it all, else one copy.
+    fn assemble(&self, length: usize) -> Bytes {
+        if let [only] = self.chunks.as_slice() {
+            return only.slice(PREFIX..PREFIX + length);
+        }
+        let mut message = BytesMut::with_capacity(length);
+        let mut skip = PREFIX;
+        for chunk in &self.chunks {
+            let start = skip.min(chunk.len());
+            skip -= start;
+            let rest = &chunk[start..];
+            let n = (length - message.len()).min(rest.len());
+            message.extend_from_slice(&rest[..n]);
+            if message.len() == length {
+                break;
+            }
+        }
+        message.freeze()
+    }
+
+    /// At the end of the answer: its message, or the error tonic would have given.
+    fn finish(self, trailers: Option<&http::HeaderMap>) -> Result<Bytes, Status> {
+        if self.message.is_none() && self.received > 0 {
+            return Err(Status::internal("Unexpected EOF decoding stream."));
+        }
+        match trailers.and_then(Status::from_header_map) {
+            Some(status) if status.code() != tonic::Code::Ok => return Err(status),
+            Some(_) => {}
+            None => return Err(missing_status(self.http_status)),
+        }
+        self.message
+            .ok_or_else(|| Status::internal("Missing response message."))
+    }
+}
+
+/// No `grpc-status` in the trailers: the code from the HTTP status, as tonic (and gRPC's
+/// http-grpc-status-mapping) infer it.
+fn missing_status(http_status: http::StatusCode) -> Status {
+    use http::StatusCode as H;
+    let code = match http_status {
+        H::OK => {
+            return Status::unknown(
+                "protocol error: missing grpc-status trailer, stream was terminated without a final status (possible truncation by a proxy or load balancer)",
+            )
+        }
+        H::BAD_REQUEST => tonic::Code::Internal,
+        H::UNAUTHORIZED => tonic::Code::Unauthenticated,
+        H::FORBIDDEN => tonic::Code::PermissionDenied,
+        H::NOT_FOUND => tonic::Code::Unimplemented,
+        H::TOO_MANY_REQUESTS | H::BAD_GATEWAY | H::SERVICE_UNAVAILABLE | H::GATEWAY_TIMEOUT => {
+            tonic::Code::Unavailable
+        }
+        _ => tonic::Code::Unknown,
+    };
+    Status::new(
+        code,
+        format!(
+            "grpc-status header missing, mapped from HTTP status code {}",
+            http_status.as_u16()
+        ),
+    )
 }
 
 /// A request body of a few ready buffers, handed to h2 one by one as they are.
@@ -172,6 +342,7 @@ impl http_body::Body for ChunkBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proto::CompressResponse;
     use prost::Message;
 
     fn decoded<M: Message + Default>(parts: &[Bytes; 2]) -> M {
@@ -238,5 +409,127 @@ mod tests {
             "{}",
             status.message()
         );
+    }
+
+    fn framed(message: &[u8]) -> Vec<u8> {
+        let mut wire = vec![0u8];
+        wire.extend_from_slice(&(message.len() as u32).to_be_bytes());
+        wire.extend_from_slice(message);
+        wire
+    }
+
+    fn ok_trailers() -> http::HeaderMap {
+        let mut t = http::HeaderMap::new();
+        t.insert("grpc-status", http::HeaderValue::from_static("0"));
+        t
+    }
+
+    #[test]
+    fn an_answer_in_one_frame_is_decoded_from_that_frame_without_a_copy() {
+        let answer = CompressResponse {
+            image_data: Bytes::from(vec![9u8; 200_000]),
+            elapsed_ms: 12,
+            ..Default::default()
+        };
+        let frame = Bytes::from(framed(&answer.encode_to_vec()));
+        let mut buffer = AnswerBuffer::new(1 << 20, http::StatusCode::OK);
+        buffer.push(frame.clone()).unwrap();
+        let message = buffer.finish(Some(&ok_trailers())).unwrap();
+        let decoded = CompressResponse::decode(message).unwrap();
+        assert_eq!(decoded, answer);
+        let image = decoded.image_data.as_ptr() as usize;
+        let within = frame.as_ptr() as usize..frame.as_ptr() as usize + frame.len();
+        assert!(
+            within.contains(&image),
+            "the image is the frame's own bytes"
+        );
+    }
+
+    #[test]
+    fn an_answer_split_anywhere_across_frames_is_the_same_message() {
+        let answer = CompressResponse {
+            image_data: Bytes::from((0..5000u32).map(|i| i as u8).collect::<Vec<_>>()),
+            elapsed_ms: 3,
+            ..Default::default()
+        };
+        let wire = framed(&answer.encode_to_vec());
+        // Cuts inside the prefix, right after it, and in the middle, and one byte per frame.
+        for cuts in [
+            vec![2],
+            vec![5],
+            vec![3, 4, 700, 4000],
+            (1..wire.len()).collect(),
+        ] {
+            let mut buffer = AnswerBuffer::new(1 << 20, http::StatusCode::OK);
+            let mut from = 0;
+            for cut in cuts.iter().copied().chain([wire.len()]) {
+                buffer
+                    .push(Bytes::copy_from_slice(&wire[from..cut]))
+                    .unwrap();
+                from = cut;
+            }
+            let message = buffer.finish(Some(&ok_trailers())).unwrap();
+            assert_eq!(
+                CompressResponse::decode(message).unwrap(),
+                answer,
+                "{cuts:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_answer_past_the_limit_fails_as_tonic_fails_it_before_it_arrives() {
+        let mut buffer = AnswerBuffer::new(100, http::StatusCode::OK);
+        // Only the prefix has arrived: the length alone decides.
+        let status = buffer
+            .push(Bytes::from(framed(&[0u8; 101])[..5].to_vec()))
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::OutOfRange);
+        assert!(
+            status
+                .message()
+                .contains("decoded message length too large"),
+            "{}",
+            status.message()
+        );
+    }
+
+    #[test]
+    fn a_truncated_answer_a_failed_status_and_a_missing_status_are_errors() {
+        let wire = framed(b"\x08\x01");
+        let mut truncated = AnswerBuffer::new(1024, http::StatusCode::OK);
+        truncated
+            .push(Bytes::copy_from_slice(&wire[..wire.len() - 1]))
+            .unwrap();
+        let status = truncated.finish(Some(&ok_trailers())).unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Internal);
+        assert_eq!(status.message(), "Unexpected EOF decoding stream.");
+
+        let mut failed = AnswerBuffer::new(1024, http::StatusCode::OK);
+        failed.push(Bytes::from(wire.clone())).unwrap();
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("grpc-status", http::HeaderValue::from_static("8"));
+        trailers.insert(
+            "grpc-message",
+            http::HeaderValue::from_static("queue%20full"),
+        );
+        let status = failed.finish(Some(&trailers)).unwrap_err();
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+        assert_eq!(status.message(), "queue full");
+
+        let status = AnswerBuffer::new(1024, http::StatusCode::BAD_GATEWAY)
+            .finish(None)
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unavailable);
+        let mut compressed = AnswerBuffer::new(1024, http::StatusCode::OK);
+        let status = compressed
+            .push(Bytes::from_static(&[1, 0, 0, 0, 1, 0]))
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Internal);
+
+        let mut empty = AnswerBuffer::new(1024, http::StatusCode::OK);
+        empty.push(Bytes::new()).unwrap();
+        let status = empty.finish(Some(&ok_trailers())).unwrap_err();
+        assert_eq!(status.message(), "Missing response message.");
     }
 }
