@@ -73,11 +73,13 @@ struct Args {
     /// Memory: the BFF's `bff.max_buffered_bytes` in MiB when it is set below the load (the
     /// phase then proves the budget bounds the RSS; 503 `bff-busy` answers are expected).
     budget_mib: Option<f64>,
+    /// Speed: which payloads to run (`small`, `large` or both), e.g. to profile one alone.
+    payloads: Vec<String>,
 }
 
 const USAGE: &str = "usage: edge --phase speed|memory --bff URL [--compute URL] [--bff-pid PID] \
 [--compute-pid PID] [--clk-tck N] [--out FILE] [--secs S] [--n-small N] [--n-large N] [--uploads N] [--upload-mib M] \
-[--budget-mib M]\n\
+[--budget-mib M] [--payloads small,large]\n\
 Normally run by `make bench-edge` (scripts/bench-edge.sh), which starts the servers.";
 
 fn parse_args() -> Result<Option<Args>, String> {
@@ -122,6 +124,18 @@ fn parse_args() -> Result<Option<Args>, String> {
         other => return Err(format!("--phase must be speed or memory, got {other:?}")),
     };
     let compute = raw.remove("compute");
+    let payloads: Vec<String> = raw
+        .remove("payloads")
+        .unwrap_or_else(|| "small,large".into())
+        .split(',')
+        .map(str::to_string)
+        .collect();
+    if let Some(bad) = payloads
+        .iter()
+        .find(|p| !["small", "large"].contains(&p.as_str()))
+    {
+        return Err(format!("--payloads takes small and/or large, got {bad:?}"));
+    }
     let bff_pid = raw
         .remove("bff-pid")
         .map(|v| v.parse::<u32>().map_err(|_| format!("bad --bff-pid {v:?}")))
@@ -160,6 +174,7 @@ fn parse_args() -> Result<Option<Args>, String> {
         uploads,
         upload_mib,
         budget_mib,
+        payloads,
     }))
 }
 
@@ -602,23 +617,21 @@ async fn speed(args: &Args, report: &mut Report) -> anyhow::Result<()> {
     };
     let started = Instant::now();
     eprintln!("generating payloads ...");
-    let payloads = [
-        (
-            payload("~1 KB", 1000, 24, 90),
-            args.n_small,
-            20,
-            Duration::from_secs(20),
-            // Targets (issue 15): added p50, BFF CPU per answer (both in ms).
-            (0.3, 0.05),
-        ),
-        (
-            payload("~2 MB", 2_000_000, 24, 90),
-            args.n_large,
-            5,
-            Duration::from_secs(40),
-            (3.0, 1.2),
-        ),
-    ];
+    let wanted = |name: &str| args.payloads.iter().any(|p| p == name);
+    let payloads: Vec<_> = ["small", "large"]
+        .into_iter()
+        .filter(|name| wanted(name))
+        .map(|name| {
+            if name == "small" {
+                // Targets (issue 15): added p50, BFF CPU per answer (both in ms).
+                let p = payload("~1 KB", 1000, 24, 90);
+                (p, args.n_small, 20, Duration::from_secs(20), (0.3, 0.05))
+            } else {
+                let p = payload("~2 MB", 2_000_000, 24, 90);
+                (p, args.n_large, 5, Duration::from_secs(40), (3.0, 1.2))
+            }
+        })
+        .collect();
     // Fail early and loudly if either side does not work at all.
     for (p, ..) in &payloads {
         for side in [Side::Bff, Side::Direct, Side::Intake] {

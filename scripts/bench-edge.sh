@@ -4,6 +4,12 @@
 #   scripts/bench-edge.sh                      # what `make bench-edge` runs (~2 minutes)
 #   BENCH_SECS=5 scripts/bench-edge.sh         # throughput seconds per side per payload
 #   BENCH_N_SMALL=200 BENCH_N_LARGE=50 BENCH_UPLOADS=64 BENCH_UPLOAD_MIB=8 scripts/bench-edge.sh
+#   BENCH_ONLY=small scripts/bench-edge.sh     # only the speed phase, for one payload (small
+#                                              # or large): a quick before/after
+#   BENCH_NO_BUILD=1 IMAGEGATE_BIN=... scripts/bench-edge.sh  # no build: the last bench binary
+#   BENCH_PROFILE=small scripts/bench-edge.sh  # the same with the BFF under `perf record`; the
+#                                              # report by shared object and symbol goes to
+#                                              # $BENCH_DIR/profile-<payload>.txt
 #
 # Builds `imagegate` and the `edge` bench binary (benches/edge.rs) in the release profile,
 # starts `imagegate compute` and `imagegate bff` as separate processes on free loopback ports,
@@ -30,11 +36,26 @@ die() { echo "bench-edge: $*" >&2; exit 1; }
 command -v curl >/dev/null || die "curl is needed"
 command -v python3 >/dev/null || die "python3 is needed (to ask the OS for free ports)"
 command -v jq >/dev/null || die "jq is needed (to find the bench binary in cargo's output)"
+PROFILE=${BENCH_PROFILE:-}
+ONLY=${BENCH_ONLY:-$PROFILE}
+case "$ONLY" in
+    "" | small | large) ;;
+    *) die "BENCH_ONLY and BENCH_PROFILE take small or large, got '$ONLY'" ;;
+esac
+if [ -n "$PROFILE" ] && ! command -v perf >/dev/null; then
+    echo "installing perf (Debian's linux-perf) for BENCH_PROFILE ..."
+    apt-get install -y -qq linux-perf >/dev/null || die "could not install linux-perf"
+fi
 
 # --- build: one release profile for the server and the bench binary -------------------------
-echo "building (release) ..."
-cargo build --release --bin imagegate --bench edge --message-format=json-render-diagnostics \
-    >"$WORK/build.json"
+# BENCH_NO_BUILD=1 reuses the last build (A/B runs of IMAGEGATE_BIN builds while the tree changes).
+if [ -n "${BENCH_NO_BUILD:-}" ] && [ -s "$WORK/build.json" ]; then
+    echo "reusing the last build (BENCH_NO_BUILD)"
+else
+    echo "building (release) ..."
+    cargo build --release --bin imagegate --bench edge --message-format=json-render-diagnostics \
+        >"$WORK/build.json"
+fi
 # IMAGEGATE_BIN runs another build of the servers (an older commit, for a before/after).
 BIN=${IMAGEGATE_BIN:-$PWD/target/release/imagegate}
 BENCH=$(jq -r 'select(.reason == "compiler-artifact" and .target.name == "edge"
@@ -135,6 +156,27 @@ CPU=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)
 cat "$RESULTS"
 
 # --- phase 1: added latency and throughput (default config) ---------------------------------
+if [ -n "$ONLY" ]; then
+    # One payload's speed phase; with BENCH_PROFILE, the BFF's CPU by where it goes.
+    if [ -n "$PROFILE" ]; then
+        perf record -e cpu-clock -F 2000 ${BENCH_PERF_CALLS:--g} -p "$BFF_PID" -o "$WORK/perf-$PROFILE.data" \
+            2>"$WORK/perf.log" &
+        PERF_PID=$!
+        sleep 1
+    fi
+    timeout --signal=INT 300 "$BENCH" --phase speed --payloads "$ONLY" \
+        --bff "http://127.0.0.1:$P_BFF" --compute "http://127.0.0.1:$P_GRPC" \
+        --bff-pid "$BFF_PID" --compute-pid "$COMPUTE_PID" --clk-tck "$(getconf CLK_TCK)" \
+        --secs "$SECS" --n-small "$N_SMALL" --n-large "$N_LARGE" --out "$RESULTS" \
+        || die "speed phase failed"
+    [ -n "$PROFILE" ] || exit 0
+    kill -INT "$PERF_PID"
+    wait "$PERF_PID" || true
+    perf report -i "$WORK/perf-$PROFILE.data" --no-children --sort dso,sym --stdio 2>/dev/null \
+        | grep -v '^$' | grep -E '^ +[0-9]' | head -n 80 >"$WORK/profile-$PROFILE.txt"
+    echo "profile (self time by shared object and symbol): $WORK/profile-$PROFILE.txt"
+    exit 0
+fi
 timeout --signal=INT 300 "$BENCH" --phase speed \
     --bff "http://127.0.0.1:$P_BFF" --compute "http://127.0.0.1:$P_GRPC" \
     --bff-pid "$BFF_PID" --compute-pid "$COMPUTE_PID" --clk-tck "$(getconf CLK_TCK)" \
