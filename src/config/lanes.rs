@@ -85,7 +85,8 @@ pub struct LaneConfig {
     pub stream_window: Size,
     /// ...and for the whole connection, all its streams together.
     pub connection_window: Size,
-    /// Threads of the lane's own Tokio runtime, which drives its HTTP/2 connections.
+    /// Threads of the lane's own Tokio runtime, which drives its HTTP/2 connections; 0: the
+    /// threads that make the calls (the HTTP workers) drive them, each the connections it made.
     pub io_threads: usize,
     /// Circuit breaker: consecutive compute failures that open it (0 = off).
     pub circuit_failures: u32,
@@ -274,9 +275,9 @@ impl LaneConfig {
             "must be 64KiB..=2GiB",
         );
         check(
-            (1..=64).contains(&self.io_threads),
+            self.io_threads <= 64,
             "io_threads",
-            "must be 1..=64",
+            "must be 0..=64 (0: the HTTP workers drive the connections)",
         );
         check(
             (0.0..=1.0).contains(&self.circuit_failure_rate),

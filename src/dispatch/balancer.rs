@@ -164,9 +164,20 @@ struct EndpointTemplate {
     /// For TLS: the name compute's certificate must carry, when it is not the address's host
     /// (a `dns://` target connects to IPs but verifies the DNS name).
     server_name: Option<String>,
-    runtime: tokio::runtime::Handle,
+    io: LaneIo,
     config: LaneConfig,
     connector: MeteredConnector,
+}
+
+/// Where a lane's work runs: its own runtime (its connections, unless `io_threads = 0`, and
+/// its background tasks), and how many HTTP workers call it (with `io_threads = 0` each
+/// drives a share of the connections).
+#[derive(Clone)]
+pub struct LaneIo {
+    /// The lane's own runtime.
+    pub runtime: tokio::runtime::Handle,
+    /// The HTTP worker threads that make the calls.
+    pub http_workers: usize,
 }
 
 impl EndpointTemplate {
@@ -199,19 +210,29 @@ impl EndpointTemplate {
             // still accepts connections must not hold a connect for minutes.
             connect_timeout: c.connect_timeout,
             http2: ChannelSettings::http2(
-                &self.runtime,
+                self.connection_runtime().as_ref(),
                 c.stream_window.0 as u32,
                 c.connection_window.0 as u32,
                 c.keepalive_interval,
                 c.keepalive_timeout,
             ),
-            runtime: self.runtime.clone(),
+            runtime: self.connection_runtime(),
             connector: self.connector.clone(),
         })
     }
 
+    /// Where the connections are driven: the lane's runtime, or (`io_threads = 0`) the
+    /// callers' own.
+    fn connection_runtime(&self) -> Option<tokio::runtime::Handle> {
+        (self.config.io_threads > 0).then(|| self.io.runtime.clone())
+    }
+
     async fn build(&self, address: String) -> anyhow::Result<Arc<ComputeEndpoint>> {
-        let channels = ChannelPool::new(self.settings(&address)?, self.config.connections);
+        let channels = ChannelPool::new(
+            self.settings(&address)?,
+            self.config.connections,
+            self.io.http_workers,
+        );
         Ok(Arc::new(ComputeEndpoint {
             address,
             channels,
@@ -307,7 +328,7 @@ impl Upstream {
         tls: Option<&ComputeTlsConfig>,
         connections: ConnectionMetrics,
         metrics: EndpointMetrics,
-        runtime: tokio::runtime::Handle,
+        io: LaneIo,
         resolver: Resolver,
     ) -> anyhow::Result<Arc<Upstream>> {
         let use_tls = target.https || tls.is_some_and(|t| t.enabled);
@@ -325,7 +346,7 @@ impl Upstream {
             scheme: target.scheme(use_tls),
             tls: tls_config,
             server_name,
-            runtime: runtime.clone(),
+            io: io.clone(),
             config: config.clone(),
             connector: MeteredConnector {
                 metrics: connections,
@@ -364,7 +385,7 @@ impl Upstream {
                     }
                     Err(_) => tracing::warn!(lane, %host, "resolving the compute name timed out"),
                 }
-                runtime.spawn(refresh(
+                io.runtime.spawn(refresh(
                     Arc::downgrade(&upstream),
                     lane.to_string(),
                     host.clone(),

@@ -56,8 +56,9 @@ pub struct ChannelSettings {
     pub connect_timeout: Duration,
     /// HTTP/2 windows, frame size and keep-alive, with the lane's executor.
     pub http2: Builder<LaneExecutor>,
-    /// The lane's runtime: connects and connection tasks run there.
-    pub runtime: tokio::runtime::Handle,
+    /// The lane's runtime: connects and connection tasks run there. `None` (`io_threads = 0`):
+    /// the thread whose call finds no connection makes it, and its runtime drives it.
+    pub runtime: Option<tokio::runtime::Handle>,
     /// Opens the metered TCP connections.
     pub connector: MeteredConnector,
 }
@@ -65,13 +66,13 @@ pub struct ChannelSettings {
 impl ChannelSettings {
     /// hyper's HTTP/2 client settings for a lane (the same ones tonic's `Endpoint` set).
     pub fn http2(
-        runtime: &tokio::runtime::Handle,
+        runtime: Option<&tokio::runtime::Handle>,
         stream_window: u32,
         connection_window: u32,
         keepalive_interval: Duration,
         keepalive_timeout: Duration,
     ) -> Builder<LaneExecutor> {
-        let mut builder = Builder::new(LaneExecutor(runtime.clone()));
+        let mut builder = Builder::new(LaneExecutor(runtime.cloned()));
         builder
             .timer(TokioTimer::new())
             .initial_stream_window_size(stream_window)
@@ -81,6 +82,11 @@ impl ChannelSettings {
             .keep_alive_timeout(keepalive_timeout)
             .keep_alive_while_idle(true);
         builder
+    }
+
+    /// The callers' threads drive the connections (no runtime of the lane's own).
+    pub fn caller_driven(&self) -> bool {
+        self.runtime.is_none()
     }
 
     fn uri(&self) -> http::Uri {
@@ -99,10 +105,21 @@ type Connect = Shared<BoxFuture<Result<SendRequest<Body>, Arc<str>>>>;
 enum State {
     /// No connection: the next call connects.
     Idle,
-    /// A connect is under way.
-    Connecting(Connect),
+    /// A connect is under way, driven by `Driver`.
+    Connecting(Connect, Driver),
     /// Connected (until `SendRequest::is_closed`).
-    Ready(SendRequest<Body>),
+    Ready(SendRequest<Body>, Driver),
+}
+
+/// What drives a channel's connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Driver {
+    /// No connection (none yet, or it closed): the next call makes one.
+    Nobody,
+    /// The lane's own runtime.
+    LaneRuntime,
+    /// The runtime of this thread (a lane with `io_threads = 0`).
+    Thread(std::thread::ThreadId),
 }
 
 /// One lazily made, self-renewing HTTP/2 connection; clones share it. A `tower::Service`
@@ -128,24 +145,44 @@ impl LaneChannel {
         }
     }
 
+    /// What drives this channel's connection now.
+    pub fn driver(&self) -> Driver {
+        match &*self.inner.state.lock().unwrap_or_else(|e| e.into_inner()) {
+            State::Idle => Driver::Nobody,
+            State::Ready(sender, _) if sender.is_closed() => Driver::Nobody,
+            State::Connecting(_, driver) | State::Ready(_, driver) => *driver,
+        }
+    }
+
     /// The connection's sender, connecting first if there is none (or it closed).
     async fn sender(&self) -> Result<SendRequest<Body>, BoxError> {
-        let connect = {
+        let (connect, driver) = {
             let mut state = self.inner.state.lock().unwrap_or_else(|e| e.into_inner());
             match &*state {
-                State::Ready(sender) if !sender.is_closed() => return Ok(sender.clone()),
-                State::Connecting(connect) => connect.clone(),
-                State::Idle | State::Ready(_) => {
+                State::Ready(sender, _) if !sender.is_closed() => return Ok(sender.clone()),
+                State::Connecting(connect, driver) => (connect.clone(), *driver),
+                State::Idle | State::Ready(..) => {
                     let settings = Arc::clone(&self.inner.settings);
-                    let task = settings.runtime.spawn(connect(Arc::clone(&settings)));
+                    // The connect runs where the connection will be driven: its socket is
+                    // registered with that runtime's reactor.
+                    let (task, driver) = match &settings.runtime {
+                        Some(runtime) => (
+                            runtime.spawn(connect(Arc::clone(&settings))),
+                            Driver::LaneRuntime,
+                        ),
+                        None => (
+                            tokio::spawn(connect(Arc::clone(&settings))),
+                            Driver::Thread(std::thread::current().id()),
+                        ),
+                    };
                     let connect: Connect = async move {
                         task.await
                             .unwrap_or_else(|e| Err(format!("the connect task failed: {e}").into()))
                     }
                     .boxed()
                     .shared();
-                    *state = State::Connecting(connect.clone());
-                    connect
+                    *state = State::Connecting(connect.clone(), driver);
+                    (connect, driver)
                 }
             }
         };
@@ -153,9 +190,9 @@ impl LaneChannel {
         {
             let mut state = self.inner.state.lock().unwrap_or_else(|e| e.into_inner());
             // Only the attempt awaited here may be settled (a newer one may have started).
-            if matches!(&*state, State::Connecting(current) if current.ptr_eq(&connect)) {
+            if matches!(&*state, State::Connecting(current, _) if current.ptr_eq(&connect)) {
                 *state = match &result {
-                    Ok(sender) => State::Ready(sender.clone()),
+                    Ok(sender) => State::Ready(sender.clone(), driver),
                     Err(_) => State::Idle,
                 };
             }
@@ -165,7 +202,8 @@ impl LaneChannel {
 }
 
 /// TCP (metered), then TLS if configured, then the HTTP/2 handshake; the connection task is
-/// spawned on the current runtime (the lane's: this runs in a task spawned there).
+/// spawned on the current runtime (this runs in a task spawned where the connection is to be
+/// driven).
 async fn connect(settings: Arc<ChannelSettings>) -> Result<SendRequest<Body>, Arc<str>> {
     let attempt = async {
         let tcp = settings
@@ -274,22 +312,26 @@ mod tests {
         );
     }
 
-    fn channel(address: &str) -> (LaneChannel, IntGauge) {
+    /// A lane's settings towards `address`; `lane_runtime` as with `io_threads` > 0, `None` as
+    /// with 0. Returns the gauge of open connections too.
+    fn settings(
+        address: &str,
+        lane_runtime: Option<tokio::runtime::Handle>,
+    ) -> (ChannelSettings, IntGauge) {
         let open = IntGauge::new("open", "open").unwrap();
-        let runtime = tokio::runtime::Handle::current();
         let settings = ChannelSettings {
             scheme: Scheme::HTTP,
             authority: address.parse().unwrap(),
             tls: None,
             connect_timeout: Duration::from_secs(5),
             http2: ChannelSettings::http2(
-                &runtime,
+                lane_runtime.as_ref(),
                 1 << 20,
                 1 << 20,
                 Duration::from_secs(30),
                 Duration::from_secs(10),
             ),
-            runtime,
+            runtime: lane_runtime,
             connector: MeteredConnector {
                 metrics: ConnectionMetrics {
                     open: open.clone(),
@@ -301,6 +343,11 @@ mod tests {
                 sockets: Arc::new(SocketRegistry::default()),
             },
         };
+        (settings, open)
+    }
+
+    fn channel(address: &str) -> (LaneChannel, IntGauge) {
+        let (settings, open) = settings(address, Some(tokio::runtime::Handle::current()));
         (LaneChannel::lazy(Arc::new(settings)), open)
     }
 
@@ -372,5 +419,61 @@ mod tests {
         // The failure is not remembered: the next call tries again (and fails again here).
         let again = check(&channel).await.unwrap_err();
         assert_eq!(again.code(), tonic::Code::Unavailable);
+    }
+
+    #[test]
+    fn with_io_threads_0_each_thread_drives_the_connections_it_made_and_keeps_to_them() {
+        use crate::dispatch::pool::ChannelPool;
+        // compute (a real gRPC server) on a runtime of its own.
+        let server = tokio::runtime::Runtime::new().unwrap();
+        let listener = server
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let (_stop, stop) = tokio::sync::oneshot::channel();
+        server.block_on(async { serve(listener, stop) });
+
+        let (settings, open) = settings(&address, None);
+        let pool = Arc::new(ChannelPool::new(settings, 4, 2));
+        // Two "HTTP workers": threads with a single-threaded runtime each, as actix's.
+        let worker = |pool: Arc<ChannelPool>| {
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                let me = std::thread::current().id();
+                rt.block_on(async {
+                    let mut used = Vec::new();
+                    for _ in 0..6 {
+                        let channel = pool.pick();
+                        check(&channel).await.unwrap();
+                        assert_eq!(channel.driver(), Driver::Thread(me), "its own connection");
+                        used.push(Arc::as_ptr(&channel.inner) as usize);
+                    }
+                    used.sort();
+                    used.dedup();
+                    used
+                })
+            })
+        };
+        // One after the other: the first keeps to its two channels (it does not take all four).
+        let a = worker(Arc::clone(&pool)).join().unwrap();
+        let b = worker(Arc::clone(&pool)).join().unwrap();
+        assert_eq!(a.len(), 2, "the first thread spreads over its group: {a:?}");
+        assert_eq!(
+            b.len(),
+            2,
+            "the second thread spreads over its group: {b:?}"
+        );
+        assert!(
+            a.iter().all(|c| !b.contains(c)),
+            "no connection shared: {a:?} {b:?}"
+        );
+        assert!(
+            open.get() <= 4,
+            "never more than `connections`: {}",
+            open.get()
+        );
     }
 }

@@ -40,7 +40,7 @@ use tonic::Status;
 
 use crate::config::target::Target;
 use crate::config::{Config, LaneConfig, Mode};
-use balancer::{Resolver, Upstream};
+use balancer::{LaneIo, Resolver, Upstream};
 use lane::Lane;
 use metrics::{LaneMetricFamilies, LaneMetrics};
 
@@ -81,8 +81,10 @@ struct LaneRuntime(Option<tokio::runtime::Runtime>);
 
 impl LaneRuntime {
     fn new(name: &str, threads: usize) -> anyhow::Result<Self> {
+        // `io_threads = 0` leaves the connections to the callers' threads; the lane's own
+        // tasks (re-resolving names, the pacer) still run here, on one thread.
         let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(threads)
+            .worker_threads(threads.max(1))
             .thread_name(format!("imagegate-lane-{name}"))
             .enable_all()
             .build()?;
@@ -147,6 +149,11 @@ impl Dispatcher {
         registry: &Registry,
         resolver: Resolver,
     ) -> anyhow::Result<Self> {
+        // The HTTP workers that will call the lanes (actix's default: one per core).
+        let http_workers = match config.bff.workers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
         let upstream = |name: &str,
                         url: &str,
                         lane: &crate::config::LaneConfig,
@@ -164,7 +171,10 @@ impl Dispatcher {
                     Some(&tls),
                     metrics.connections.clone(),
                     metrics.endpoints.clone(),
-                    rt,
+                    LaneIo {
+                        runtime: rt,
+                        http_workers,
+                    },
                     resolver,
                 )
                 .await

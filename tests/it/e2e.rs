@@ -1287,3 +1287,41 @@ async fn a_yielding_heavy_lane_serves_uploads_and_reports_its_pacing() {
         Some(0.0)
     );
 }
+
+/// `lanes.heavy.io_threads = 0`: the HTTP workers drive the heavy lane's connections
+/// themselves (each its share), with the same answers and no more connections than configured.
+#[tokio::test]
+async fn a_heavy_lane_driven_by_the_http_workers_serves_uploads_on_its_own_connections() {
+    let compute = start_compute(compute_config(), None);
+    let mut config = bff_config(&compute.url());
+    config.bff.workers = 2;
+    config.lanes.heavy.io_threads = 0;
+    config.lanes.heavy.connections = 4;
+    let bff = start_bff(config);
+
+    let uploads: Vec<_> = (0..12)
+        .map(|i| {
+            let url = bff.url("/v1/images/compress");
+            tokio::spawn(async move {
+                let r = post(url, Form::new().part("file", file(jpeg(320 + i * 16, 240)))).await;
+                (r.status(), r.bytes().await.unwrap().len())
+            })
+        })
+        .collect();
+    for upload in uploads {
+        let (status, len) = upload.await.unwrap();
+        assert_eq!(status, 200);
+        assert!(len > 100);
+    }
+    let text = metrics_text(&bff).await;
+    let open = metric(&text, "imagegate_lane_connections{lane=\"heavy\"}").unwrap();
+    assert!(
+        (1.0..=4.0).contains(&open),
+        "between one and `connections` open: {open}"
+    );
+    // The realtime lane keeps its own runtime and answers as ever.
+    assert_eq!(
+        reqwest::get(bff.url("/health")).await.unwrap().status(),
+        200
+    );
+}

@@ -28,7 +28,10 @@ async fn upstream(target: &str, config: &LaneConfig, resolver: Resolver) -> Arc<
         None,
         conn,
         ep,
-        tokio::runtime::Handle::current(),
+        LaneIo {
+            runtime: tokio::runtime::Handle::current(),
+            http_workers: 2,
+        },
         resolver,
     )
     .await
