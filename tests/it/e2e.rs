@@ -614,12 +614,12 @@ async fn a_saturated_heavy_lane_sheds_while_health_stays_up() {
             .status()
     });
     assert!(
-        eventually(Duration::from_secs(20), async || {
-            metric(
-                &metrics_text(&bff).await,
-                "imagegate_lane_in_flight{lane=\"heavy\"}",
-            ) == Some(1.0)
-        })
+        eventually_metric(
+            &bff,
+            "imagegate_lane_in_flight{lane=\"heavy\"}",
+            1.0,
+            Duration::from_secs(20)
+        )
         .await,
         "the slow job never got in flight"
     );
@@ -842,12 +842,12 @@ async fn a_reload_under_load_changes_limits_without_failing_calls_in_flight() {
         }));
     }
     assert!(
-        eventually(Duration::from_secs(20), async || {
-            metric(
-                &metrics_text(&bff).await,
-                "imagegate_lane_in_flight{lane=\"heavy\"}",
-            ) == Some(3.0)
-        })
+        eventually_metric(
+            &bff,
+            "imagegate_lane_in_flight{lane=\"heavy\"}",
+            3.0,
+            Duration::from_secs(20)
+        )
         .await
     );
 
@@ -1065,12 +1065,12 @@ async fn an_adaptive_heavy_lane_lowers_its_limit_when_compute_answers_queue_full
         }));
     }
     assert!(
-        eventually(Duration::from_secs(20), async || {
-            metric(
-                &metrics_text(&bff).await,
-                "imagegate_lane_in_flight{lane=\"heavy\"}",
-            ) == Some(8.0)
-        })
+        eventually_metric(
+            &bff,
+            "imagegate_lane_in_flight{lane=\"heavy\"}",
+            8.0,
+            Duration::from_secs(20)
+        )
         .await,
         "eight calls never got in flight"
     );
@@ -1271,12 +1271,12 @@ async fn a_yielding_heavy_lane_serves_uploads_and_reports_its_pacing() {
     );
     // Nothing left to send: whatever the pacer did under the burst, no cap stays in force.
     assert!(
-        eventually(Duration::from_secs(10), async || {
-            metric(
-                &metrics_text(&bff).await,
-                "imagegate_lane_pacing_rate_bytes{lane=\"heavy\"}",
-            ) == Some(0.0)
-        })
+        eventually_metric(
+            &bff,
+            "imagegate_lane_pacing_rate_bytes{lane=\"heavy\"}",
+            0.0,
+            Duration::from_secs(10)
+        )
         .await,
         "the heavy lane stayed paced while idle"
     );

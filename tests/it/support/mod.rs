@@ -426,6 +426,19 @@ pub fn file(data: Vec<u8>) -> reqwest::multipart::Part {
 
 /// POSTs a multipart form.
 /// The BFF's `/metrics` text (on its main listener).
+/// Polls the BFF's `/metrics` until `name_and_labels` reads `value` or `limit` passes.
+pub async fn eventually_metric(
+    bff: &Bff,
+    name_and_labels: &str,
+    value: f64,
+    limit: Duration,
+) -> bool {
+    eventually(limit, async || {
+        metric(&metrics_text(bff).await, name_and_labels) == Some(value)
+    })
+    .await
+}
+
 pub async fn metrics_text(bff: &Bff) -> String {
     reqwest::get(bff.url("/metrics"))
         .await
