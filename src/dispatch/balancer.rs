@@ -202,6 +202,7 @@ impl EndpointTemplate {
                 })
             }
         };
+        let runtime = self.connection_runtime();
         Ok(ChannelSettings {
             scheme: self.scheme.parse().expect("http or https"),
             authority,
@@ -210,13 +211,13 @@ impl EndpointTemplate {
             // still accepts connections must not hold a connect for minutes.
             connect_timeout: c.connect_timeout,
             http2: ChannelSettings::http2(
-                self.connection_runtime().as_ref(),
+                runtime.as_ref(),
                 c.stream_window.0 as u32,
                 c.connection_window.0 as u32,
                 c.keepalive_interval,
                 c.keepalive_timeout,
             ),
-            runtime: self.connection_runtime(),
+            runtime,
             connector: self.connector.clone(),
         })
     }

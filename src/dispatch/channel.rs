@@ -29,10 +29,27 @@ use tonic::body::Body;
 use tower::Service;
 
 use super::connector::MeteredConnector;
-use super::pool::LaneExecutor;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// Spawns a lane's connection tasks: on the lane's own runtime, whatever runtime the call came
+/// from, or (`None`, a lane with `io_threads = 0`) on the runtime of the thread that made the
+/// connection, which then drives it.
+#[derive(Clone)]
+pub struct LaneExecutor(pub Option<tokio::runtime::Handle>);
+
+impl<F> hyper::rt::Executor<F> for LaneExecutor
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    fn execute(&self, fut: F) {
+        match &self.0 {
+            Some(runtime) => drop(runtime.spawn(fut)),
+            None => drop(tokio::spawn(fut)),
+        }
+    }
+}
 
 /// TLS towards compute: the client config (roots, identity, ALPN h2) and the name its
 /// certificate must carry.
@@ -254,8 +271,7 @@ where
     Ok(sender)
 }
 
-/// tonic's user agent string, as its `Channel` sent it (compute's logs and access rules see
-/// the same client).
+/// The `user-agent` of the BFF's calls (tonic's `Channel` sent its own, `tonic/<version>`).
 const USER_AGENT: &str = concat!("imagegate-bff/", env!("CARGO_PKG_VERSION"));
 
 impl Service<http::Request<Body>> for LaneChannel {

@@ -11,7 +11,6 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use super::channel::LaneChannel;
 use arc_swap::ArcSwap;
 use futures_util::Stream;
 use tokio::time::{Instant, Sleep};
@@ -20,6 +19,7 @@ use tower::retry::budget::{Budget, TpsBudget};
 
 use super::adaptive::{AdaptiveLimit, Signal};
 use super::balancer::{Outcome, Picked, Upstream};
+use super::channel::LaneChannel;
 use super::circuit::{Circuit, CircuitSettings, Ticket};
 use super::limiter::{Limiter, Permit};
 use super::metrics::{code_name, rejected, LaneMetrics};

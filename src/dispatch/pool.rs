@@ -6,30 +6,11 @@
 //! concurrency is governed by its permit counter alone, never by the pool. Channels connect
 //! lazily and reconnect by themselves, so the BFF starts while compute is down.
 
-use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::ThreadId;
 
 use super::channel::{ChannelSettings, LaneChannel};
-
-/// Spawns a lane's connection tasks: on the lane's own runtime, whatever runtime the call came
-/// from, or (`None`, a lane with `io_threads = 0`) on the runtime of the thread that made the
-/// connection, which then drives it.
-#[derive(Clone)]
-pub struct LaneExecutor(pub Option<tokio::runtime::Handle>);
-
-impl<F> hyper::rt::Executor<F> for LaneExecutor
-where
-    F: Future<Output = ()> + Send + 'static,
-{
-    fn execute(&self, fut: F) {
-        match &self.0 {
-            Some(runtime) => drop(runtime.spawn(fut)),
-            None => drop(tokio::spawn(fut)),
-        }
-    }
-}
 
 /// `connections` channels to one endpoint, handed out in turn.
 pub struct ChannelPool {
