@@ -6,6 +6,7 @@
 #   BENCH_N_SMALL=200 BENCH_N_LARGE=50 BENCH_UPLOADS=64 BENCH_UPLOAD_MIB=8 scripts/bench-edge.sh
 #   BENCH_ONLY=small scripts/bench-edge.sh     # only the speed phase, for one payload (small
 #                                              # or large): a quick before/after
+#   BENCH_ONLY=memory scripts/bench-edge.sh    # only the memory and budget phases
 #   BENCH_NO_BUILD=1 IMAGEGATE_BIN=... scripts/bench-edge.sh  # no build: the last bench binary
 #   BENCH_PROFILE=small scripts/bench-edge.sh  # the same with the BFF under `perf record`; the
 #                                              # report by shared object and symbol goes to
@@ -39,8 +40,8 @@ command -v jq >/dev/null || die "jq is needed (to find the bench binary in cargo
 PROFILE=${BENCH_PROFILE:-}
 ONLY=${BENCH_ONLY:-$PROFILE}
 case "$ONLY" in
-    "" | small | large) ;;
-    *) die "BENCH_ONLY and BENCH_PROFILE take small or large, got '$ONLY'" ;;
+    "" | small | large | memory) ;;
+    *) die "BENCH_ONLY takes small, large or memory, BENCH_PROFILE small or large; got '$ONLY'" ;;
 esac
 if [ -n "$PROFILE" ] && ! command -v perf >/dev/null; then
     echo "installing perf (Debian's linux-perf) for BENCH_PROFILE ..."
@@ -156,7 +157,9 @@ CPU=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)
 cat "$RESULTS"
 
 # --- phase 1: added latency and throughput (default config) ---------------------------------
-if [ -n "$ONLY" ]; then
+if [ "$ONLY" = memory ]; then
+    echo "BENCH_ONLY=memory: the speed phase is skipped"
+elif [ -n "$ONLY" ]; then
     # One payload's speed phase; with BENCH_PROFILE, the BFF's CPU by where it goes.
     if [ -n "$PROFILE" ]; then
         perf record -e cpu-clock -F 2000 ${BENCH_PERF_CALLS:--g} -p "$BFF_PID" -o "$WORK/perf-$PROFILE.data" \
@@ -176,12 +179,13 @@ if [ -n "$ONLY" ]; then
         | grep -v '^$' | grep -E '^ +[0-9]' | head -n 80 >"$WORK/profile-$PROFILE.txt"
     echo "profile (self time by shared object and symbol): $WORK/profile-$PROFILE.txt"
     exit 0
+else
+    timeout --signal=INT 300 "$BENCH" --phase speed \
+        --bff "http://127.0.0.1:$P_BFF" --compute "http://127.0.0.1:$P_GRPC" \
+        --bff-pid "$BFF_PID" --compute-pid "$COMPUTE_PID" --clk-tck "$(getconf CLK_TCK)" \
+        --secs "$SECS" --n-small "$N_SMALL" --n-large "$N_LARGE" --out "$RESULTS" \
+        || die "speed phase failed"
 fi
-timeout --signal=INT 300 "$BENCH" --phase speed \
-    --bff "http://127.0.0.1:$P_BFF" --compute "http://127.0.0.1:$P_GRPC" \
-    --bff-pid "$BFF_PID" --compute-pid "$COMPUTE_PID" --clk-tck "$(getconf CLK_TCK)" \
-    --secs "$SECS" --n-small "$N_SMALL" --n-large "$N_LARGE" --out "$RESULTS" \
-    || die "speed phase failed"
 
 # --- phase 2: peak RSS, on a fresh BFF configured to admit the uploads -----------------------
 # upload_bff NAME [VAR=VALUE ...]: a fresh BFF on P_BFF2 whose limits admit every upload of the

@@ -42,6 +42,7 @@ pub mod dispatch;
 pub mod edge;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod heap_trim;
 pub mod logging;
 pub mod metrics;
 pub mod pacing;

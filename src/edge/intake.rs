@@ -14,8 +14,9 @@
 //!
 //! Buffers are bounded across requests too: every chunk read is taken from one
 //! [`BodyBudget`] (`bff.max_buffered_bytes`) and given back when the request's form is
-//! dropped; while a body streams in, an allowance for the parsers' own buffers is held too
-//! ([`PARSER_BUFFERS`]). Files are read into one buffer sized from `Content-Length`, and that
+//! dropped; an allowance for the parsers' and the connection's own buffers is held with it
+//! ([`PARSER_BUFFERS`]). A refused upload is drained, then its connection closed, so that
+//! those buffers do not outlive it in an idle keep-alive connection. Files are read into one buffer sized from `Content-Length`, and that
 //! buffer is what goes to compute (no copy on the way: `dispatch::clients::zero_copy`), so
 //! the budget counts what is resident. A request that finds the budget spent is answered 503 + `Retry-After` at once
 //! (its body drained, not kept): many concurrent uploads cost waiting clients, not memory.
@@ -168,6 +169,9 @@ impl Form {
 #[derive(Debug, Default)]
 pub struct BodyBudget {
     in_use: AtomicUsize,
+    /// The limit of the last request that took from the budget (`bff.max_buffered_bytes`,
+    /// which a reload may change): what "near the limit" means when bodies are freed.
+    limit: AtomicUsize,
     /// `imagegate_http_buffered_body_bytes`, kept equal to `in_use`.
     gauge: Option<prometheus::IntGauge>,
 }
@@ -185,6 +189,7 @@ impl BodyBudget {
         );
         BodyBudget {
             in_use: AtomicUsize::new(0),
+            limit: AtomicUsize::new(0),
             gauge: Some(gauge),
         }
     }
@@ -202,6 +207,7 @@ impl BodyBudget {
 
     /// Takes `n` bytes if that keeps the total within `limit`.
     fn try_take(&self, n: usize, limit: usize) -> bool {
+        self.limit.store(limit, Ordering::Relaxed);
         match self
             .in_use
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
@@ -218,6 +224,18 @@ impl BodyBudget {
     fn give_back(&self, n: usize) {
         let before = self.in_use.fetch_sub(n, Ordering::AcqRel);
         self.publish(before - n);
+        self.freed(n, before);
+    }
+
+    /// `n` bytes of body buffers were freed while `in_use` bytes were held. Near the limit
+    /// (half of it or more), malloc is asked to return the freed pages, so that resident
+    /// memory follows the budget down after a burst. Far from it, the pages are left for reuse:
+    /// trimming after every large upload costs the next one its page faults (+30 % BFF CPU per
+    /// 2 MB answer in `make bench-edge`).
+    fn freed(&self, n: usize, in_use: usize) {
+        if in_use >= self.limit.load(Ordering::Relaxed) / 2 {
+            crate::heap_trim::released(n);
+        }
     }
 }
 
@@ -244,15 +262,6 @@ impl BudgetHold {
     }
 }
 
-impl BudgetHold {
-    /// Gives `n` of the held bytes back before the rest.
-    fn shrink(&mut self, n: usize) {
-        let n = n.min(self.bytes);
-        self.budget.give_back(n);
-        self.bytes -= n;
-    }
-}
-
 impl Drop for BudgetHold {
     fn drop(&mut self) {
         self.budget.give_back(self.bytes);
@@ -273,15 +282,14 @@ struct CountedBody {
     over_budget: Rc<RefCell<bool>>,
     /// Still to take with the first chunk: the request's allowance for parser buffers.
     allowance_due: Rc<Cell<usize>>,
-    /// The allowance taken, given back when the form is read.
-    allowance_taken: Rc<Cell<usize>>,
 }
 
-/// What reading one body holds besides its own bytes while it streams in: actix's read buffer
-/// (up to 128 KiB), its payload queue (32 KiB), the multipart parser's buffer (64 KiB), the
-/// chunks on their way between them, and their growth slack. Measured: ~0.5 MiB per upload
-/// in flight (`make bench-edge`, docs/benchmarks-edge.md). It is taken from the body budget
-/// while the body is read (at most the declared body: a small upload cannot buffer more than
+/// What reading one body holds besides its own bytes: actix's read buffer (it fills up to
+/// 128 KiB per poll and grows by doubling, and keeps its size for the connection's life), its
+/// payload queue (32 KiB), the multipart parser's buffer, the chunks on their way between
+/// them. Measured with heaptrack: ~0.5 MiB per connection that carried an upload
+/// (docs/benchmarks-edge.md). It is taken from the body budget with the first chunk and held
+/// until the request ends (at most the declared body: a small upload cannot buffer more than
 /// itself), so that `bff.max_buffered_bytes` bounds what is really resident.
 const PARSER_BUFFERS: usize = 512 * 1024;
 
@@ -372,7 +380,6 @@ impl CountedBody {
             max_buffered: limits.max_buffered,
             over_budget: Rc::new(RefCell::new(false)),
             allowance_due: Rc::new(Cell::new(allowance)),
-            allowance_taken: Rc::new(Cell::new(0)),
         }
     }
 
@@ -389,8 +396,6 @@ impl CountedBody {
         }
         hold.bytes += n + allowance;
         self.allowance_due.set(0);
-        self.allowance_taken
-            .set(self.allowance_taken.get() + allowance);
         true
     }
 
@@ -491,6 +496,8 @@ pub async fn read_form(
     let mut multipart = Multipart::new(req.headers(), body.clone());
     let result = read_parts(&mut multipart, &body, limits, spec, declared).await;
     drop(multipart);
+    // The parser's buffers and the chunks it consumed are freed now.
+    budget.freed(*body.read.borrow(), budget.in_use());
     if body.timed_out() {
         // Whatever went wrong first, a stalled body is the answer; and draining a body that
         // does not come would only wait again. Actix closes the connection after the 408.
@@ -499,19 +506,19 @@ pub async fn read_form(
     match result {
         Ok(mut form) => {
             form.accept = AcceptedImages::from_headers(req.headers());
-            // The buffers now belong to the form: so does their share of the budget. The
-            // parsers' buffers are gone: their allowance is given back.
+            // The buffers now belong to the form: so does their share of the budget, the
+            // parsers' allowance included. The multipart parser is gone, but actix keeps the
+            // connection's read buffer as large as this body made it while the request lives.
             form.budget = body.hold.borrow_mut().take();
-            if let Some(hold) = &mut form.budget {
-                hold.shrink(body.allowance_taken.get());
-            }
             Ok(form)
         }
         Err(problem) => {
             // Nothing read so far is kept: give it back before draining the rest.
             drop(body.hold.borrow_mut().take());
             body.drain(limits.max_request).await;
-            Err(problem)
+            // Drained, so the client reads the answer; closed, so the buffers this body grew
+            // are freed instead of idling in a keep-alive connection outside the budget.
+            Err(problem.closing_connection())
         }
     }
 }

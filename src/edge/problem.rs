@@ -23,6 +23,8 @@ pub struct Problem {
     pub detail: String,
     /// `Retry-After` in seconds, for 503s.
     pub retry_after: Option<u64>,
+    /// Close the connection after answering (see [`Problem::closing_connection`]).
+    pub close_connection: bool,
 }
 
 #[derive(Serialize)]
@@ -45,6 +47,7 @@ impl Problem {
             kind,
             detail: detail.into(),
             retry_after: None,
+            close_connection: false,
         }
     }
 
@@ -94,6 +97,18 @@ impl Problem {
         }
     }
 
+    /// The same problem, answered with `Connection: close`. For a refused upload: actix keeps
+    /// a connection's read buffer as large as the body made it (up to ~0.5 MiB) for as long as
+    /// the connection lives, so an idle keep-alive connection after a refusal would hold memory
+    /// that `bff.max_buffered_bytes` no longer counts (docs/benchmarks-edge.md, budget phase).
+    /// The body has been drained first, so the client reads the answer, not a reset.
+    pub fn closing_connection(self) -> Self {
+        Problem {
+            close_connection: true,
+            ..self
+        }
+    }
+
     /// The `type` URI.
     pub fn type_uri(&self) -> String {
         format!("urn:imagegate:problem:{}", self.kind)
@@ -133,9 +148,9 @@ impl ResponseError for Problem {
         if self.status == StatusCode::UNAUTHORIZED {
             response.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
         }
-        if self.status == StatusCode::REQUEST_TIMEOUT {
-            // The rest of the body may still be on its way (or never come): this connection
-            // cannot be reused.
+        if self.close_connection || self.status == StatusCode::REQUEST_TIMEOUT {
+            // A 408's body may still be on its way (or never come): the connection cannot be
+            // reused. Others ask for it (a refused upload's buffers are freed with it).
             response.force_close();
         }
         response.body(self.to_json())

@@ -818,8 +818,8 @@ async fn uploads_past_the_memory_budget_are_503_and_the_budget_comes_back() {
     log.hold("Compress");
     let compute = start_compute(compute_config(), Some(log.hook()));
     let mut config = bff_config(&compute.url());
-    // Room for one ~100 KiB upload at a time, not two: while a body is read, the intake
-    // also holds an allowance for its parsers' buffers (as much again, for so small a body).
+    // Room for one ~100 KiB upload at a time, not two: with a body, the intake also holds an
+    // allowance for its parsers' and connection's buffers (as much again, for so small a body).
     config.bff.max_request_size = imagegate::config::Size::kib(200);
     config.bff.max_file_size = imagegate::config::Size::kib(200);
     config.bff.max_buffered_bytes = imagegate::config::Size::kib(256);
@@ -845,18 +845,33 @@ async fn uploads_past_the_memory_budget_are_503_and_the_budget_comes_back() {
         eventually(Duration::from_secs(30), async || log.count("Compress") == 1).await,
         "the first upload never reached compute"
     );
-    assert!(buffered().await >= image.len() as f64);
+    let held = buffered().await;
+    assert!(held >= image.len() as f64, "{held}");
 
     // A second one does not fit: 503 + Retry-After, at once, and nothing more is held.
     let r = upload(image.clone()).await;
     assert!(r.headers().contains_key("retry-after"));
+    // Its body was drained (the answer arrived) and its connection is closed, so that the
+    // buffers it grew do not idle in a keep-alive connection outside the budget.
+    assert_eq!(
+        r.headers().get("connection").map(|v| v.as_bytes()),
+        Some(&b"close"[..]),
+        "{:?}",
+        r.headers()
+    );
     let b = problem(r, StatusCode::SERVICE_UNAVAILABLE).await;
     assert_eq!(b["type"], "urn:imagegate:problem:bff-busy", "{b}");
-    assert!(buffered().await < 2.0 * image.len() as f64);
+    assert_eq!(buffered().await, held, "the refused upload kept part of the budget");
 
     // The first finishes; everything is given back, and the next upload fits again.
     log.release("Compress");
-    assert_eq!(first.await.unwrap().status(), 200);
+    let first = first.await.unwrap();
+    assert_eq!(first.status(), 200);
+    assert_eq!(
+        first.headers().get("connection"),
+        None,
+        "an accepted upload closed"
+    );
     assert!(
         eventually(Duration::from_secs(10), async || buffered().await == 0.0).await,
         "the budget was not given back"
