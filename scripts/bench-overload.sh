@@ -9,6 +9,7 @@
 #                                               # (default: adaptive,fixed,tuned side by side)
 #   FAILOVER_RATE=15 FAILOVER_DOWN_SECS=4 scripts/bench-overload.sh
 #   OVERLOAD_PHASES=failover scripts/bench-overload.sh   # one phase only
+#   IMAGEGATE_BIN=/tmp/old/imagegate scripts/bench-overload.sh  # servers from another build
 #   OVERLOAD_PHASES=frozen FROZEN_SECS=20 scripts/bench-overload.sh
 #                              # two replicas, one SIGSTOPped for FROZEN_SECS under load, then SIGCONTed
 #   OVERLOAD_PHASES=capacity CAPACITY_PHASE_SECS=20 scripts/bench-overload.sh
@@ -33,7 +34,8 @@ command -v jq >/dev/null || die "jq is needed (to find the bench binary in cargo
 echo "building (release) ..."
 cargo build --release --bin imagegate --bench overload --message-format=json-render-diagnostics \
     >"$WORK/build.json"
-BIN=$PWD/target/release/imagegate
+# IMAGEGATE_BIN runs another build of the servers (an older commit, for a before/after).
+BIN=${IMAGEGATE_BIN:-$PWD/target/release/imagegate}
 BENCH=$(jq -r 'select(.reason == "compiler-artifact" and .target.name == "overload"
                       and (.target.kind | index("bench"))) | .executable // empty' \
     "$WORK/build.json" | tail -n 1)

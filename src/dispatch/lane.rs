@@ -261,6 +261,23 @@ impl Lane {
         self.circuit.open_on_failed_health_check();
     }
 
+    /// Sheds a call before it is built when the lane would shed it now (no permit free, no
+    /// room in the queue): the edge asks before reading an upload, so that under sustained
+    /// overload a refusal costs no multipart parsing, no buffer and no budget, only the drain
+    /// of its body, and the CPU stays with the calls compute serves. Counted and answered as
+    /// the same `saturated` shed as one at admission.
+    pub fn shed_early(&self) -> Result<(), DispatchError> {
+        let config = self.config.load();
+        if !self.limiter.is_saturated(config.queue_wait) {
+            return Ok(());
+        }
+        self.metrics.rejected(rejected::SATURATED).inc();
+        Err(DispatchError::Saturated {
+            lane: self.name.clone(),
+            retry_after: retry_after(&config),
+        })
+    }
+
     /// Waits up to the lane's queue wait for a permit, or sheds the call.
     async fn admit(&self, config: &LaneConfig) -> Result<InFlight, DispatchError> {
         let start = Instant::now();

@@ -113,6 +113,16 @@ impl Limiter {
         })
     }
 
+    /// Whether a call arriving now would be shed: no permit is free and there is no room to
+    /// wait for one (`wait` is zero, or `max_queued` callers wait already). A hint for work that
+    /// comes before the call (reading its upload), not a reservation: [`Limiter::acquire`]
+    /// still decides.
+    pub fn is_saturated(&self, wait: Duration) -> bool {
+        self.semaphore.available_permits() == 0
+            && (wait.is_zero()
+                || self.queued.load(Ordering::Acquire) >= self.max_queued.load(Ordering::Relaxed))
+    }
+
     /// Changes the limit; calls in flight keep their permits.
     pub fn set_limit(&self, new: usize) {
         let mut state = self.state.lock().expect("limiter lock");
@@ -134,6 +144,24 @@ impl Limiter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn saturated_means_no_permit_and_no_room_to_wait() {
+        let l = Limiter::new(1);
+        l.set_max_queued(1);
+        let wait = Duration::from_millis(100);
+        assert!(!l.is_saturated(Duration::ZERO), "a free permit");
+        let held = l.acquire(Duration::ZERO).await.unwrap();
+        assert!(l.is_saturated(Duration::ZERO), "no permit and no wait");
+        assert!(!l.is_saturated(wait), "room in the queue");
+        let l2 = l.clone();
+        let waiter = tokio::spawn(async move { l2.acquire(wait).await.is_some() });
+        tokio::task::yield_now().await;
+        assert!(l.is_saturated(wait), "the queue is full");
+        drop(held);
+        assert!(waiter.await.unwrap());
+        assert!(!l.is_saturated(wait));
+    }
 
     #[tokio::test(start_paused = true)]
     async fn sheds_after_the_queue_wait() {

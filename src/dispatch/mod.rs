@@ -262,6 +262,11 @@ impl Dispatcher {
         self.lanes.get(name).unwrap_or(&self.lanes["heavy"])
     }
 
+    /// Sheds a call to `method` now if its lane would (see [`Lane::shed_early`]).
+    pub fn shed_early(&self, method: &str) -> Result<(), DispatchError> {
+        self.lane_for(method).shed_early()
+    }
+
     /// Applies new lane limits at run time (see [`Lane::set_limits`]).
     pub fn set_limits(&self, config: &Config) {
         for (name, lane_config) in config.lanes.iter() {

@@ -475,6 +475,29 @@ fn too_large_request(limits: &Limits) -> Problem {
     ))
 }
 
+/// Answers `problem` for a request whose body is not wanted (its call would be shed): the
+/// body is read and dropped first, up to `max_request` and within `body_read_timeout` per
+/// chunk, so that the client reads the answer, not a reset, and the connection stays usable.
+/// Nothing is parsed, buffered or taken from the budget.
+pub async fn refuse_unread(payload: web::Payload, limits: &Limits, problem: Problem) -> Problem {
+    let mut payload = payload;
+    let mut drained = 0usize;
+    loop {
+        match tokio::time::timeout(limits.body_read_timeout, payload.next()).await {
+            Ok(Some(Ok(chunk))) => {
+                drained += chunk.len();
+                if drained > limits.max_request {
+                    // Not worth reading further: actix closes the connection after answering.
+                    return problem;
+                }
+            }
+            // The end, a broken body or a stall: answer now (actix closes a connection whose
+            // body is unfinished).
+            _ => return problem,
+        }
+    }
+}
+
 /// Reads a multipart form per `spec` and `limits`.
 pub async fn read_form(
     req: &HttpRequest,

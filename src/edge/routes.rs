@@ -11,13 +11,13 @@ use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use serde_json::json;
 
-use super::intake::{read_form, FormSpec};
+use super::intake::{read_form, refuse_unread, FormSpec};
 use super::params;
 use super::problem::Problem;
 use super::resource::{get, limits, post, required_file, vary_accept};
 use super::AppState;
 use crate::dispatch::lane::LaneStream;
-use crate::dispatch::Dispatcher;
+use crate::dispatch::{self, Dispatcher};
 use crate::proto::{BatchProcessRequest, Operation, ProcessChunk, ServingStatus};
 use crate::vocab::media::Format;
 
@@ -74,6 +74,7 @@ async fn compress(
         text_fields: params::COMPRESS_FIELDS,
         ..SINGLE
     };
+    let payload = shed_early(&state, dispatch::COMPRESS, payload).await?;
     let form = read_form(&req, payload, limits(&state), &state.body_budget, &spec).await?;
     let request = params::compress_request(&form, required_file(&form)?)?;
     let r = state.dispatcher.compress(request).await?;
@@ -96,6 +97,7 @@ async fn resize(
         text_fields: params::RESIZE_FIELDS,
         ..SINGLE
     };
+    let payload = shed_early(&state, dispatch::RESIZE, payload).await?;
     let form = read_form(&req, payload, limits(&state), &state.body_budget, &spec).await?;
     let request = params::resize_request(&form, required_file(&form)?)?;
     let r = state.dispatcher.resize(request).await?;
@@ -118,6 +120,7 @@ async fn watermark(
         text_fields: params::WATERMARK_FIELDS,
         many_files: false,
     };
+    let payload = shed_early(&state, dispatch::WATERMARK, payload).await?;
     let form = read_form(&req, payload, limits(&state), &state.body_budget, &spec).await?;
     let request = params::watermark_request(&form, required_file(&form)?)?;
     let r = state.dispatcher.watermark(request).await?;
@@ -126,6 +129,20 @@ async fn watermark(
             .insert_header(("X-Compression-Ratio", ratio(r.original_size, r.output_size)))
             .body(r.image_data),
     )
+}
+
+/// Refuses an upload before reading it when the lane its call would take is saturated now
+/// (`Lane::shed_early`): the same 503 + `Retry-After` it would get after the read, without
+/// the parsing and buffering. Otherwise hands the body on, untouched.
+async fn shed_early(
+    state: &AppState,
+    method: &str,
+    payload: web::Payload,
+) -> Result<web::Payload, Problem> {
+    match state.dispatcher.shed_early(method) {
+        Ok(()) => Ok(payload),
+        Err(e) => Err(refuse_unread(payload, &limits(state), e.into()).await),
+    }
 }
 
 fn ratio(original: i64, output: i64) -> String {
@@ -171,6 +188,7 @@ async fn batch(
     };
     // One reading of the limits for the intake and the archives' unpacked entries alike.
     let intake_limits = limits(&state);
+    let payload = shed_early(&state, dispatch::BATCH_PROCESS, payload).await?;
     let mut form = read_form(&req, payload, intake_limits, &state.body_budget, &spec).await?;
     let operation = params::batch_operation(&form)?;
     let auto_format = params::varies_with_accept(&form);

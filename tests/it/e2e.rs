@@ -598,6 +598,78 @@ async fn lanes_use_separate_tcp_connections_and_shared_mode_uses_one() {
 }
 
 #[tokio::test]
+async fn a_saturated_lane_refuses_an_upload_before_parsing_it_and_keeps_the_connection() {
+    let log = CallLog::default();
+    let compute = start_compute(compute_config(), Some(log.hook()));
+    let mut config = bff_config(&compute.url());
+    config.lanes.heavy.max_in_flight = 1;
+    config.lanes.heavy.queue_wait = Duration::ZERO;
+    let bff = start_bff(config);
+    log.hold("Compress");
+    let slow_url = bff.url("/v1/images/compress");
+    let slow = tokio::spawn(async move {
+        post(slow_url, Form::new().part("file", file(jpeg(64, 64))))
+            .await
+            .status()
+    });
+    assert!(
+        eventually_metric(
+            &bff,
+            "imagegate_lane_in_flight{lane=\"heavy\"}",
+            1.0,
+            Duration::from_secs(20)
+        )
+        .await,
+        "the slow job never got in flight"
+    );
+
+    // Not multipart at all: read in full, this would be a 400. The lane is full, so it is
+    // refused before it is parsed, with the same 503 as a shed at admission.
+    let client = reqwest::Client::new();
+    let r = client
+        .post(bff.url("/v1/images/compress"))
+        .header("content-type", "multipart/form-data; boundary=XyZ")
+        .body(vec![b'a'; 300 * 1024])
+        .send()
+        .await
+        .unwrap();
+    assert!(r.headers().contains_key("retry-after"), "{:?}", r.headers());
+    // Its body was drained, so the connection stays open for the next request.
+    assert_eq!(r.headers().get("connection"), None, "{:?}", r.headers());
+    let b = problem(r, StatusCode::SERVICE_UNAVAILABLE).await;
+    assert!(b["detail"].as_str().unwrap().contains("heavy"), "{b}");
+    let text = metrics_text(&bff).await;
+    assert_eq!(
+        metric(
+            &text,
+            "imagegate_lane_rejected_total{lane=\"heavy\",reason=\"saturated\"}"
+        ),
+        Some(1.0)
+    );
+
+    // Once the lane has room, the same client's next upload is read and served.
+    log.release("Compress");
+    assert_eq!(slow.await.unwrap(), 200);
+    let form = Form::new().part("file", file(jpeg(64, 64)));
+    let r = client
+        .post(bff.url("/v1/images/compress"))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        eventually_metric(
+            &bff,
+            "imagegate_http_buffered_body_bytes",
+            0.0,
+            Duration::from_secs(10)
+        )
+        .await
+    );
+}
+
+#[tokio::test]
 async fn a_saturated_heavy_lane_sheds_while_health_stays_up() {
     let log = CallLog::default();
     let compute = start_compute(compute_config(), Some(log.hook()));

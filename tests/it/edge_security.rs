@@ -861,7 +861,11 @@ async fn uploads_past_the_memory_budget_are_503_and_the_budget_comes_back() {
     );
     let b = problem(r, StatusCode::SERVICE_UNAVAILABLE).await;
     assert_eq!(b["type"], "urn:imagegate:problem:bff-busy", "{b}");
-    assert_eq!(buffered().await, held, "the refused upload kept part of the budget");
+    assert_eq!(
+        buffered().await,
+        held,
+        "the refused upload kept part of the budget"
+    );
 
     // The first finishes; everything is given back, and the next upload fits again.
     log.release("Compress");
