@@ -28,7 +28,9 @@
 //!   against the bytes in flight, and `imagegate_lane_in_flight{lane="heavy"}` after the run.
 //!   Two diagnostic probes run during the overload, one request at a time every 20 ms, neither
 //!   reaching the lane: the same upload with `quality=0` (read in full, then 400) and
-//!   `GET /health/live`; they show the BFF's own HTTP floor under that load.
+//!   `GET /health/live`; they show the BFF's own HTTP floor under that load. An intake probe
+//!   that arrives while the lane is saturated is shed before its form is read (503), so only
+//!   the 400s count, and `n` is the number of probes that found room.
 //! - `failover`: default config; an open loop of small compress requests at `--rate`/s and a
 //!   `/health` poller (one request every 10 ms); compute is SIGKILLed 4 s in and started again
 //!   on the same port `--down-secs` later. Reported: kill → first `/health` 503, restart →
@@ -782,7 +784,7 @@ async fn overload(args: &Args, report: &mut Report) -> anyhow::Result<()> {
         );
         add(
             &mut rows,
-            "diagnostic, during the overload: intake only (same upload, `quality=0` → 400, no lane) p50 / p99 / max; n",
+            "diagnostic, during the overload: intake only (same upload, `quality=0` → 400, no lane; probes shed early not counted) p50 / p99 / max; n",
             format!(
                 "{} / {} / {}; {}",
                 ms(pct(&intake_lat, 50.0)),
