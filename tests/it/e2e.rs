@@ -752,7 +752,8 @@ async fn a_saturated_heavy_lane_sheds_while_health_stays_up() {
 #[tokio::test]
 async fn compute_down_then_back_is_survived_without_restarting_the_bff() {
     // Find a free port, then leave it closed: compute is "down".
-    let addr = unused_addr();
+    let reserved = unused_addr();
+    let addr = reserved.addr;
     let mut config = bff_config(&format!("http://{addr}"));
     config.lanes.heavy.retry_backoff = Duration::from_millis(5);
     let bff = start_bff(config);
@@ -1004,7 +1005,8 @@ async fn a_reload_under_load_changes_limits_without_failing_calls_in_flight() {
 
 #[tokio::test]
 async fn an_open_circuit_fails_fast_then_recovers() {
-    let addr = unused_addr();
+    let reserved = unused_addr();
+    let addr = reserved.addr;
     let mut config = bff_config(&format!("http://{addr}"));
     config.lanes.heavy.retries = 0;
     config.lanes.heavy.circuit_failures = 2;
@@ -1060,7 +1062,8 @@ async fn an_open_circuit_fails_fast_then_recovers() {
 
 #[tokio::test]
 async fn a_serving_health_check_reopens_the_heavy_lane_without_waiting_out_the_circuit() {
-    let addr = unused_addr();
+    let reserved = unused_addr();
+    let addr = reserved.addr;
     let mut config = bff_config(&format!("http://{addr}"));
     config.lanes.heavy.retries = 0;
     config.lanes.heavy.circuit_failures = 2;

@@ -151,11 +151,25 @@ impl Drop for Bff {
 /// Test defaults for the BFF, pointed at `compute_url`.
 /// A loopback address nothing listens on (a port the kernel just handed out and took back):
 /// where compute will be started later, or never.
-pub fn unused_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+/// A loopback address where nothing listens yet, for a compute a test starts later: held by a
+/// socket bound with `SO_REUSEADDR` that never listens. Connects to it are refused, as to a
+/// free port; no other socket of the test process can take the port meanwhile (a parallel
+/// test's listener, or the source port of its connections: once, a compute started later
+/// found its port taken); and `start_compute_at` still binds it (tokio's listeners set
+/// `SO_REUSEADDR` too, and Linux lets such sockets share a port while only one listens).
+pub struct ReservedAddr {
+    pub addr: SocketAddr,
+    _held: tokio::net::TcpSocket,
+}
+
+pub fn unused_addr() -> ReservedAddr {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_reuseaddr(true).unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    ReservedAddr {
+        addr: socket.local_addr().unwrap(),
+        _held: socket,
+    }
 }
 
 pub fn bff_config(compute_url: &str) -> Config {

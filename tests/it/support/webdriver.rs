@@ -44,7 +44,7 @@ impl Browser {
         let turn = ONE_AT_A_TIME.lock().await;
         let driver_path = which("chromedriver", "CHROMEDRIVER");
         let chromium = which("chromium", "CHROMIUM");
-        let port = unused_addr().port();
+        let port = unused_addr().addr.port(); // released at once: chromedriver binds it
         let driver = Command::new(driver_path)
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
