@@ -74,7 +74,7 @@ async fn compress(
         text_fields: params::COMPRESS_FIELDS,
         ..SINGLE
     };
-    let payload = shed_early(&state, dispatch::COMPRESS, payload).await?;
+    let payload = shed_early(&req, &state, dispatch::COMPRESS, payload).await?;
     let form = read_form(&req, payload, limits(&state), &state.body_budget, &spec).await?;
     let request = params::compress_request(&form, required_file(&form)?)?;
     let r = state.dispatcher.compress(request).await?;
@@ -97,7 +97,7 @@ async fn resize(
         text_fields: params::RESIZE_FIELDS,
         ..SINGLE
     };
-    let payload = shed_early(&state, dispatch::RESIZE, payload).await?;
+    let payload = shed_early(&req, &state, dispatch::RESIZE, payload).await?;
     let form = read_form(&req, payload, limits(&state), &state.body_budget, &spec).await?;
     let request = params::resize_request(&form, required_file(&form)?)?;
     let r = state.dispatcher.resize(request).await?;
@@ -120,7 +120,7 @@ async fn watermark(
         text_fields: params::WATERMARK_FIELDS,
         many_files: false,
     };
-    let payload = shed_early(&state, dispatch::WATERMARK, payload).await?;
+    let payload = shed_early(&req, &state, dispatch::WATERMARK, payload).await?;
     let form = read_form(&req, payload, limits(&state), &state.body_budget, &spec).await?;
     let request = params::watermark_request(&form, required_file(&form)?)?;
     let r = state.dispatcher.watermark(request).await?;
@@ -135,13 +135,25 @@ async fn watermark(
 /// (`Lane::shed_early`): the same 503 + `Retry-After` it would get after the read, without
 /// the parsing and buffering. Otherwise hands the body on, untouched.
 async fn shed_early(
+    req: &HttpRequest,
     state: &AppState,
     method: &str,
     payload: web::Payload,
 ) -> Result<web::Payload, Problem> {
+    let limits = limits(state);
+    // A body declared above the limit gets its 413 from the intake at once, unread: draining
+    // it for a 503 would cost more than reading it ever could.
+    let declared_too_large = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        .is_some_and(|n| n > limits.max_request as u64);
+    if declared_too_large {
+        return Ok(payload);
+    }
     match state.dispatcher.shed_early(method) {
         Ok(()) => Ok(payload),
-        Err(e) => Err(refuse_unread(payload, &limits(state), e.into()).await),
+        Err(e) => Err(refuse_unread(payload, &limits, e.into()).await),
     }
 }
 
@@ -188,7 +200,7 @@ async fn batch(
     };
     // One reading of the limits for the intake and the archives' unpacked entries alike.
     let intake_limits = limits(&state);
-    let payload = shed_early(&state, dispatch::BATCH_PROCESS, payload).await?;
+    let payload = shed_early(&req, &state, dispatch::BATCH_PROCESS, payload).await?;
     let mut form = read_form(&req, payload, intake_limits, &state.body_budget, &spec).await?;
     let operation = params::batch_operation(&form)?;
     let auto_format = params::varies_with_accept(&form);

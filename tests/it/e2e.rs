@@ -604,6 +604,8 @@ async fn a_saturated_lane_refuses_an_upload_before_parsing_it_and_keeps_the_conn
     let mut config = bff_config(&compute.url());
     config.lanes.heavy.max_in_flight = 1;
     config.lanes.heavy.queue_wait = Duration::ZERO;
+    config.bff.max_request_size = imagegate::config::Size::kib(256);
+    config.bff.max_file_size = imagegate::config::Size::kib(200);
     let bff = start_bff(config);
     log.hold("Compress");
     let slow_url = bff.url("/v1/images/compress");
@@ -629,7 +631,7 @@ async fn a_saturated_lane_refuses_an_upload_before_parsing_it_and_keeps_the_conn
     let r = client
         .post(bff.url("/v1/images/compress"))
         .header("content-type", "multipart/form-data; boundary=XyZ")
-        .body(vec![b'a'; 300 * 1024])
+        .body(vec![b'a'; 100 * 1024])
         .send()
         .await
         .unwrap();
@@ -646,6 +648,16 @@ async fn a_saturated_lane_refuses_an_upload_before_parsing_it_and_keeps_the_conn
         ),
         Some(1.0)
     );
+
+    // A body declared above the request limit still gets its 413 at once, not a drained 503.
+    let r = client
+        .post(bff.url("/v1/images/compress"))
+        .header("content-type", "multipart/form-data; boundary=XyZ")
+        .body(vec![b'a'; 300 * 1024])
+        .send()
+        .await
+        .unwrap();
+    problem(r, StatusCode::PAYLOAD_TOO_LARGE).await;
 
     // Once the lane has room, the same client's next upload is read and served.
     log.release("Compress");
