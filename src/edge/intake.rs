@@ -16,10 +16,11 @@
 //! [`BodyBudget`] (`bff.max_buffered_bytes`) and given back when the request's form is
 //! dropped; an allowance for the parsers' and the connection's own buffers is held with it
 //! ([`PARSER_BUFFERS`]). A refused upload is drained, then its connection closed, so that
-//! those buffers do not outlive it in an idle keep-alive connection. Files are read into one buffer sized from `Content-Length`, and that
-//! buffer is what goes to compute (no copy on the way: `dispatch::clients::zero_copy`), so
-//! the budget counts what is resident. A request that finds the budget spent is answered 503 + `Retry-After` at once
-//! (its body drained, not kept): many concurrent uploads cost waiting clients, not memory.
+//! those buffers do not outlive it in an idle keep-alive connection. Files are read into one
+//! buffer sized from `Content-Length`, and that buffer is what goes to compute (no copy on the
+//! way: `dispatch::clients::zero_copy`), so the budget counts what is resident. A request that
+//! finds the budget spent is answered 503 + `Retry-After` at once (its body drained, not
+//! kept): many concurrent uploads cost waiting clients, not memory.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
