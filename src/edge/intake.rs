@@ -499,6 +499,14 @@ pub async fn refuse_unread(payload: web::Payload, limits: &Limits, problem: Prob
     }
 }
 
+/// The body length the request declares (`Content-Length`), if any.
+pub fn declared_length(req: &HttpRequest) -> Option<u64> {
+    req.headers()
+        .get(actix_web::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+}
+
 /// Reads a multipart form per `spec` and `limits`.
 pub async fn read_form(
     req: &HttpRequest,
@@ -508,11 +516,7 @@ pub async fn read_form(
     spec: &FormSpec,
 ) -> Result<Form, Problem> {
     // A declared length above the limit is refused before reading a byte.
-    let declared = req
-        .headers()
-        .get(actix_web::http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+    let declared = declared_length(req);
     if declared.is_some_and(|n| n > limits.max_request as u64) {
         return Err(too_large_request(&limits));
     }

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use serde_json::json;
 
-use super::intake::{read_form, refuse_unread, FormSpec};
+use super::intake::{declared_length, read_form, refuse_unread, FormSpec};
 use super::params;
 use super::problem::Problem;
 use super::resource::{get, limits, post, required_file, vary_accept};
@@ -143,12 +143,7 @@ async fn shed_early(
     let limits = limits(state);
     // A body declared above the limit gets its 413 from the intake at once, unread: draining
     // it for a 503 would cost more than reading it ever could.
-    let declared_too_large = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
-        .is_some_and(|n| n > limits.max_request as u64);
-    if declared_too_large {
+    if declared_length(req).is_some_and(|n| n > limits.max_request as u64) {
         return Ok(payload);
     }
     match state.dispatcher.shed_early(method) {

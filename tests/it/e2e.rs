@@ -1316,6 +1316,28 @@ async fn a_hung_compute_found_by_a_health_check_makes_image_calls_fail_fast() {
     assert_eq!(r.status(), 200);
 }
 
+/// Compresses `images` through the BFF all at once; each answer's status and body length.
+async fn compress_at_once(
+    bff: &Bff,
+    images: impl IntoIterator<Item = Vec<u8>>,
+) -> Vec<(StatusCode, usize)> {
+    let uploads: Vec<_> = images
+        .into_iter()
+        .map(|image| {
+            let url = bff.url("/v1/images/compress");
+            tokio::spawn(async move {
+                let r = post(url, Form::new().part("file", file(image))).await;
+                (r.status(), r.bytes().await.unwrap().len())
+            })
+        })
+        .collect();
+    let mut answers = Vec::with_capacity(uploads.len());
+    for upload in uploads {
+        answers.push(upload.await.unwrap());
+    }
+    answers
+}
+
 #[tokio::test]
 async fn a_yielding_heavy_lane_serves_uploads_and_reports_its_pacing() {
     let compute = start_compute(compute_config(), None);
@@ -1323,17 +1345,7 @@ async fn a_yielding_heavy_lane_serves_uploads_and_reports_its_pacing() {
     config.lanes.heavy.yield_to = "realtime".to_string();
     let bff = start_bff(config);
 
-    let uploads: Vec<_> = (0..6)
-        .map(|_| {
-            let url = bff.url("/v1/images/compress");
-            tokio::spawn(async move {
-                let r = post(url, Form::new().part("file", file(jpeg(1600, 1200)))).await;
-                (r.status(), r.bytes().await.unwrap().len())
-            })
-        })
-        .collect();
-    for upload in uploads {
-        let (status, len) = upload.await.unwrap();
+    for (status, len) in compress_at_once(&bff, (0..6).map(|_| jpeg(1600, 1200))).await {
         assert_eq!(status, 200);
         assert!(len > 1000);
     }
@@ -1376,17 +1388,8 @@ async fn a_heavy_lane_driven_by_the_http_workers_serves_uploads_on_its_own_conne
     config.lanes.heavy.connections = 4;
     let bff = start_bff(config);
 
-    let uploads: Vec<_> = (0..12)
-        .map(|i| {
-            let url = bff.url("/v1/images/compress");
-            tokio::spawn(async move {
-                let r = post(url, Form::new().part("file", file(jpeg(320 + i * 16, 240)))).await;
-                (r.status(), r.bytes().await.unwrap().len())
-            })
-        })
-        .collect();
-    for upload in uploads {
-        let (status, len) = upload.await.unwrap();
+    let images = (0..12).map(|i| jpeg(320 + i * 16, 240));
+    for (status, len) in compress_at_once(&bff, images).await {
         assert_eq!(status, 200);
         assert!(len > 100);
     }
