@@ -20,6 +20,13 @@
 //!   `SO_MAX_PACING_RATE`; TCP then paces each one itself. When the path shows no queue the
 //!   sockets are not capped at all, and a cap that no longer binds is lifted: on an
 //!   uncongested path (loopback, a data-centre network) nothing changes.
+//! - Compute's answers are bursts (a 2 MB answer crosses a 100 Mbit/s link in ~150 ms), and
+//!   each one that started unpaced after a pause put ~140 KB in the link's queue at once (the
+//!   congestion window's worth): ~11 ms that a health check's answer waited behind
+//!   (bench-hol, 2026-12-07). So compute remembers the rate a burst that filled the path was
+//!   first cut to, for [`RESUME_MEMORY`]: through pauses the sockets keep that cap and the
+//!   next bursts start paced at it. When the memory ends, a burst goes out unpaced again and
+//!   measures anew. The lanes' uploads flow without pauses and do not use it.
 //!
 //! A round trip includes the way back, where the other side's bulk data may queue. A side
 //! cannot shorten that queue, so the pacer does not cut a paced side that delivers what it is
@@ -68,6 +75,14 @@ const OWN_QUEUE_SHARE: f64 = 0.97;
 pub const ANSWER_BYTES_PER_TICK: u64 = 64 * 1024;
 /// A cap this many times above what is delivered does not bind: it is lifted.
 const UNBOUND: f64 = 4.0;
+/// How long the rate a burst measured (the cut from an unpaced burst that filled the path) is
+/// kept for the bursts after it: they start paced at it instead of putting a congestion
+/// window's worth in the queue at once. Then one burst goes out unpaced and measures again,
+/// so a path whose capacity changed is found.
+pub const RESUME_MEMORY: Duration = Duration::from_secs(10);
+/// A connection with less than this to deliver has no bulk data waiting (a health check's
+/// answer, the last bytes of a burst): it neither shares the rate nor is cut for a queue.
+pub const BACKLOG_BYTES: u64 = 16 * 1024;
 
 /// What one tick measured on one path.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -76,12 +91,21 @@ pub struct PathSample {
     pub delay: Option<Duration>,
     /// Bytes the yielding side's connections on the path delivered since the last tick.
     pub delivered: u64,
-    /// The yielding side has bytes in flight or waiting to be sent.
+    /// The yielding side has bulk data in flight or waiting to be sent (at least
+    /// [`BACKLOG_BYTES`] on a connection).
     pub backlogged: bool,
     /// Compute's answers were streaming in on the lane's connections during the tick: they
     /// queue on the way back and delay the ACKs, so the round trips say little about the
     /// queue the lane's own bytes wait in.
     pub answers_arriving: bool,
+}
+
+/// A rate a burst measured, kept for the bursts after it.
+#[derive(Debug, Clone, Copy)]
+struct Remembered {
+    rate: f64,
+    until: Instant,
+    delay: Duration,
 }
 
 /// The rate controller of one path of a yielding side (a lane's compute endpoint, compute's
@@ -103,13 +127,20 @@ pub struct Pacer {
     over_since: Option<Instant>,
     /// How long that must last before an unpaced side starts pacing.
     standing: Duration,
+    /// How long a measured rate is kept for later bursts ([`RESUME_MEMORY`]; zero: never).
+    memory: Duration,
     /// No decision before this (the queue a cut was for is draining).
     hold_until: Instant,
+    /// The rate the next bursts are paced at, until when ([`RESUME_MEMORY`]), and the delay
+    /// the burst that measured it saw.
+    resume: Option<Remembered>,
+    /// The burst in progress is paced at the remembered rate.
+    resumed: bool,
     last: Instant,
 }
 
 impl Pacer {
-    /// A pacer that does not pace yet.
+    /// A pacer that does not pace yet and remembers no rate between bursts.
     pub fn new(now: Instant) -> Self {
         Pacer {
             rate: None,
@@ -119,23 +150,31 @@ impl Pacer {
             cut_delay: Duration::ZERO,
             over_since: None,
             standing: STANDING_QUEUE,
+            memory: Duration::ZERO,
             hold_until: now,
+            resume: None,
+            resumed: false,
             last: now,
         }
     }
 
     /// A pacer that starts pacing for a queue standing `standing` (instead of
-    /// [`STANDING_QUEUE`]).
-    pub fn with_standing(now: Instant, standing: Duration) -> Self {
+    /// [`STANDING_QUEUE`]) and keeps a cap through pauses for `memory` (instead of
+    /// [`RESUME_MEMORY`]).
+    pub fn with_timing(now: Instant, standing: Duration, memory: Duration) -> Self {
         Pacer {
             standing,
+            memory,
             ..Pacer::new(now)
         }
     }
 
-    /// The rate in force, bytes per second (`None`: not paced).
+    /// The rate in force, bytes per second (`None`: not paced): the controller's, or through
+    /// a pause the one kept for the next burst.
     pub fn rate(&self) -> Option<u64> {
-        self.rate.map(|r| r as u64)
+        self.rate
+            .or_else(|| self.resume.map(|r| r.rate))
+            .map(|r| r as u64)
     }
 
     /// Whether a queue on the path can be the lane's own doing: unpaced, its flows fill any
@@ -169,12 +208,37 @@ impl Pacer {
         self.delivered += (delivered_now - self.delivered) * weight;
         self.peak = (self.peak * PEAK_DECAY.powf(secs)).max(self.delivered);
 
-        if !sample.backlogged && sample.delivered == 0 {
-            // Nothing to send: nothing to pace. The next burst starts unpaced and is cut
-            // once its queue stands.
+        self.resume = self.resume.filter(|r| now < r.until);
+        if !sample.backlogged && sample.delivered < BACKLOG_BYTES {
+            // No bulk data to send (a health check's answer may cross): nothing to decide.
+            // The remembered rate stays on the sockets, so the next burst starts paced; without
+            // one it starts unpaced and is cut once its queue stands.
             self.rate = None;
+            self.resumed = false;
             self.over_since = None;
-            return None;
+            return self.rate();
+        }
+        if self.rate.is_none() {
+            // A burst after a pause while a rate is remembered: the sockets are capped at it.
+            self.rate = self.resume.map(|r| r.rate);
+            self.resumed = self.rate.is_some();
+        }
+        self.resumed &= self.resume.is_some();
+        if self.resumed {
+            // Held at the measured rate, neither cut nor raised: compute's round trips hold
+            // the uploads' queue on the way in (its ACKs cross it), and cutting for that from
+            // burst to burst slowed the answers to a fifth of the link (bench-hol). Only a
+            // queue longer than the measuring burst's says the path now carries less: then
+            // the memory is dropped and the burst is paced as a new one.
+            let measured = self.resume.map_or(Duration::ZERO, |r| r.delay);
+            if sample
+                .delay
+                .is_none_or(|d| d <= measured.max(target * 2) + target)
+            {
+                return self.rate();
+            }
+            self.resume = None;
+            self.resumed = false;
         }
         // An unpaced side starts pacing only for a queue that stands: a host whose CPUs are
         // busy delays ACKs by a few milliseconds now and then (scheduling, not a queue on the
@@ -196,21 +260,24 @@ impl Pacer {
             // A cut is held until the queue it was for could have drained, unless the queue
             // keeps growing (the cut was not deep enough: the path lost capacity).
             _ if sample.answers_arriving => {}
+            // A side with nothing in flight or waiting did not build the queue (the tail of
+            // a burst, a health check's answer): a cut would only slow its next burst.
             Some(delay)
                 if delay > target
+                    && sample.backlogged
                     && self.queue_is_ours()
                     && (!held || delay > self.cut_delay + target) =>
             {
-                let from = match self.rate {
+                let (from, measured) = match self.rate {
                     // Unpaced, the lane's flows were filling the path: what it delivered is
                     // what the path carries.
-                    None => delivered_now.max(self.delivered),
+                    None => (delivered_now.max(self.delivered), true),
                     // Paced well below what it delivers: the cap does not bind (few uploads).
-                    Some(rate) if self.delivered < rate * 0.5 => self.delivered,
+                    Some(rate) if self.delivered < rate * 0.5 => (self.delivered, false),
                     // From the cap itself, not from this tick's deliveries: a queue on the
                     // way back (compute's answers) delays the ACKs too, and those ticks
                     // would read as a collapsed path.
-                    Some(rate) => rate,
+                    Some(rate) => (rate, false),
                 };
                 // A cut deep enough to drain the queue within about DRAIN_HORIZON.
                 let excess = (delay - target).as_secs_f64() / DRAIN_HORIZON.as_secs_f64();
@@ -219,6 +286,17 @@ impl Pacer {
                 self.cut_from = from;
                 self.cut_delay = delay;
                 self.rate = Some(to);
+                if measured {
+                    // What the next bursts start at, for a while: a burst that filled the
+                    // path unpaced measured what it carries. Later cuts in a burst are kept
+                    // to it (a queue on the way back delays the ACKs too, and carrying
+                    // those cuts from burst to burst would ratchet the rate down).
+                    self.resume = Some(Remembered {
+                        rate: to,
+                        until: now + self.memory,
+                        delay,
+                    });
+                }
                 // The spare (1 - factor) of the rate drains a queue of `delay` in
                 // delay / (1 - factor); until then the measurements still show it.
                 let hold = delay.div_f64(1.0 - factor).clamp(MIN_HOLD, MAX_HOLD);
@@ -362,6 +440,9 @@ pub struct Yielding {
     /// How long a queue must stand before an unpaced path is paced (both sides use
     /// [`STANDING_QUEUE`]).
     pub standing: Duration,
+    /// How long a measured rate is kept for later bursts ([`RESUME_MEMORY`] for compute's
+    /// answers, which come in bursts; zero for the lanes' uploads).
+    pub resume: Duration,
     /// Leave paths to a loopback address alone: they cross no link (a sidecar compute, `imagegate
     /// dev`), and a busy host's scheduling would read as a queue on them.
     pub skip_loopback: bool,
@@ -435,7 +516,7 @@ impl PacedPaths {
                 let state = endpoints
                     .entry(address.to_string())
                     .or_insert_with(|| PathState {
-                        pacer: Pacer::with_standing(now, settings.standing),
+                        pacer: Pacer::with_timing(now, settings.standing, settings.resume),
                         acked: HashMap::new(),
                         applied: HashMap::new(),
                     });
@@ -460,7 +541,7 @@ impl PacedPaths {
                         received +=
                             before.map_or(0, |(_, r)| path.bytes_received.saturating_sub(r));
                         delivered += progress;
-                        backlogged += usize::from(path.backlog > 0);
+                        backlogged += usize::from(path.backlog >= BACKLOG_BYTES);
                     }
                     acked.insert((protected, id), (path.bytes_acked, path.bytes_received));
                     all.push(path);

@@ -160,9 +160,9 @@ async fn an_uncongested_path_is_never_paced() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn the_rate_never_falls_below_the_floor_and_idle_lifts_the_cap() {
+async fn the_rate_never_falls_below_the_floor_and_a_pause_keeps_the_cap_only_for_a_while() {
     let start = Instant::now();
-    let mut pacer = Pacer::new(start);
+    let mut pacer = Pacer::with_timing(start, STANDING_QUEUE, RESUME_MEMORY);
     let mut lowest = u64::MAX;
     for i in 1..=200 {
         tokio::time::advance(TICK).await;
@@ -185,7 +185,108 @@ async fn the_rate_never_falls_below_the_floor_and_idle_lifts_the_cap() {
         answers_arriving: false,
     };
     tokio::time::advance(TICK).await;
+    // The cap kept is the last one the path was really sending at (the first cut), not the
+    // floor that a cap which no longer bound was cut to.
+    let kept = pacer.observe(Instant::now(), TARGET, FLOOR, idle);
+    assert!(
+        kept > Some(FLOOR),
+        "a pause keeps the cap for the next burst: {kept:?}"
+    );
+    tokio::time::advance(RESUME_MEMORY).await;
     assert_eq!(pacer.observe(Instant::now(), TARGET, FLOOR, idle), None);
+}
+
+/// Answers in bursts: `size` bytes every `every` across a link of `capacity` with a 50 ms
+/// buffer. A burst that starts unpaced puts a congestion window's worth (`window`) in the
+/// queue at once, as a TCP sender after a pause does, then sends 25 % faster than the link;
+/// a paced one sends at the cap from its first byte. Returns one step per tick.
+async fn bursts(
+    pacer: &mut Pacer,
+    capacity: f64,
+    size: f64,
+    every: Duration,
+    secs: f64,
+) -> Vec<Step> {
+    let window: f64 = 140_000.0;
+    let start = Instant::now();
+    let (mut queue, mut srtt_queue, mut left) = (0.0f64, 0.0f64, 0.0f64);
+    let mut fresh = false;
+    let mut steps = Vec::new();
+    let every_ms = every.as_millis() as usize;
+    let mut ms = 0usize;
+    for _ in 0..(secs / TICK.as_secs_f64()).round() as usize {
+        let mut delivered = 0.0;
+        for _ in 0..TICK.as_millis() {
+            if ms.is_multiple_of(every_ms) {
+                left = size;
+                fresh = true;
+            }
+            ms += 1;
+            let mut send = match pacer.rate() {
+                Some(rate) => (rate as f64 / 1000.0).min(left),
+                None if fresh => window.min(left),
+                None => (capacity * 1.25 / 1000.0).min(left),
+            };
+            fresh = false;
+            send = send.min(capacity * 0.050 - queue).max(0.0);
+            left -= send;
+            queue += send;
+            let out = queue.min(capacity / 1000.0);
+            queue -= out;
+            delivered += out;
+            srtt_queue += (queue / capacity - srtt_queue) * 0.3;
+        }
+        tokio::time::advance(TICK).await;
+        let now = Instant::now();
+        let sample = PathSample {
+            delay: (delivered > 0.0).then(|| Duration::from_secs_f64(srtt_queue)),
+            delivered: delivered as u64,
+            backlogged: left > 0.0 || queue > 0.0,
+            answers_arriving: false,
+        };
+        let rate = pacer.observe(now, TARGET, FLOOR, sample);
+        steps.push(Step {
+            at: now - start,
+            delay: Duration::from_secs_f64(queue / capacity),
+            goodput: delivered / TICK.as_secs_f64(),
+            rate,
+        });
+    }
+    steps
+}
+
+#[tokio::test(start_paused = true)]
+async fn bursts_after_a_paced_one_start_paced_and_put_no_window_in_the_queue() {
+    let capacity = 100.0 * MBIT;
+    let mut pacer = Pacer::with_timing(Instant::now(), STANDING_QUEUE, RESUME_MEMORY);
+    let (size, every) = (1_700_000.0, Duration::from_millis(700));
+    let first = bursts(&mut pacer, capacity, size, every, 0.7).await;
+    let spike = first.iter().map(|s| s.delay).max().unwrap();
+    assert!(spike > TARGET * 2, "the first burst's window: {spike:?}");
+    assert!(
+        pacer.rate().is_some(),
+        "the pause after a paced burst keeps its cap"
+    );
+    let later = bursts(&mut pacer, capacity, size, every, 7.0).await;
+    let worst = later.iter().map(|s| s.delay).max().unwrap();
+    assert!(worst <= TARGET * 2, "a later burst queued {worst:?}");
+    // Every burst still crosses before the next one starts (the answers are not starved).
+    let carried = goodput(&later) * 7.0;
+    assert!(
+        carried >= 0.99 * size * 10.0,
+        "carried {carried:.0} of {}",
+        size * 10.0
+    );
+    // Once the bursts stop, the cap is kept for the memory and then lifted.
+    let mut idle = Pacer::new(Instant::now());
+    std::mem::swap(&mut idle, &mut pacer);
+    let quiet = bursts(&mut idle, capacity, 0.0, Duration::from_secs(60), 6.0).await;
+    assert!(quiet[10].rate.is_some());
+    assert_eq!(
+        quiet.last().unwrap().rate,
+        None,
+        "still capped after the memory"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -292,6 +393,7 @@ async fn the_driver_shares_the_rate_over_the_connections_with_bytes_to_send() {
         quiet_below: Some(ANSWER_BYTES_PER_TICK),
         key: "test",
         standing: STANDING_QUEUE,
+        resume: RESUME_MEMORY,
         // The test's path is loopback; the rule that skips those is tested on its own.
         skip_loopback: false,
     };
