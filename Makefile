@@ -8,13 +8,13 @@ APT_GET := $(shell command -v apt-get 2>/dev/null)
 help: ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-deps: ## tools: nasm (mozjpeg SIMD), prometheus + promtool (tests, lint-deploy); installed if missing
+deps: ## tools: nasm (rav1e and mozjpeg SIMD; the build needs it), prometheus + promtool (tests, lint-deploy); installed if missing
 	@command -v nasm >/dev/null 2>&1 || { \
 	  if [ -n "$(APT_GET)" ] && [ "$$(id -u)" = 0 ]; then \
-	    echo "installing nasm (mozjpeg SIMD)"; \
+	    echo "installing nasm (rav1e and mozjpeg SIMD)"; \
 	    (apt-get install -y -qq nasm >/dev/null 2>&1 || (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq nasm >/dev/null 2>&1)) \
-	      || echo "warning: could not install nasm; JPEG will be built without SIMD"; \
-	  else echo "warning: nasm missing; JPEG will be built without SIMD"; fi; }
+	      || echo "warning: could not install nasm; the build fails without it (rav1e asm): apt-get install nasm"; \
+	  else echo "warning: nasm missing; the build fails without it (rav1e asm): apt-get install nasm"; fi; }
 	@command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1 || { \
 	  if [ -n "$(APT_GET)" ] && [ "$$(id -u)" = 0 ]; then \
 	    echo "installing prometheus + promtool (tests/it/prometheus_scrape.rs, make lint-deploy)"; \
