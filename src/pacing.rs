@@ -82,7 +82,7 @@ const UNBOUND: f64 = 4.0;
 pub const RESUME_MEMORY: Duration = Duration::from_secs(10);
 /// A connection with less than this to deliver has no bulk data waiting (a health check's
 /// answer, the last bytes of a burst): it neither shares the rate nor is cut for a queue.
-pub const BACKLOG_BYTES: u64 = 16 * 1024;
+const BACKLOG_BYTES: u64 = 16 * 1024;
 
 /// What one tick measured on one path.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -159,8 +159,8 @@ impl Pacer {
     }
 
     /// A pacer that starts pacing for a queue standing `standing` (instead of
-    /// [`STANDING_QUEUE`]) and keeps a cap through pauses for `memory` (instead of
-    /// [`RESUME_MEMORY`]).
+    /// [`STANDING_QUEUE`]) and keeps a measured rate for the bursts after it for `memory`
+    /// (compute: [`RESUME_MEMORY`]; [`Pacer::new`]: not at all).
     pub fn with_timing(now: Instant, standing: Duration, memory: Duration) -> Self {
         Pacer {
             standing,
@@ -260,8 +260,9 @@ impl Pacer {
             // A cut is held until the queue it was for could have drained, unless the queue
             // keeps growing (the cut was not deep enough: the path lost capacity).
             _ if sample.answers_arriving => {}
-            // A side with nothing in flight or waiting did not build the queue (the tail of
-            // a burst, a health check's answer): a cut would only slow its next burst.
+            // A side with no bulk data in flight or waiting (under BACKLOG_BYTES: the tail of
+            // a burst, a health check's answer) did not build the queue: a cut would only
+            // slow its next burst.
             Some(delay)
                 if delay > target
                     && sample.backlogged
@@ -442,7 +443,7 @@ pub struct Yielding {
     pub standing: Duration,
     /// How long a measured rate is kept for later bursts ([`RESUME_MEMORY`] for compute's
     /// answers, which come in bursts; zero for the lanes' uploads).
-    pub resume: Duration,
+    pub memory: Duration,
     /// Leave paths to a loopback address alone: they cross no link (a sidecar compute, `imagegate
     /// dev`), and a busy host's scheduling would read as a queue on them.
     pub skip_loopback: bool,
@@ -516,7 +517,7 @@ impl PacedPaths {
                 let state = endpoints
                     .entry(address.to_string())
                     .or_insert_with(|| PathState {
-                        pacer: Pacer::with_timing(now, settings.standing, settings.resume),
+                        pacer: Pacer::with_timing(now, settings.standing, settings.memory),
                         acked: HashMap::new(),
                         applied: HashMap::new(),
                     });

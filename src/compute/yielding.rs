@@ -111,7 +111,7 @@ pub fn spawn(
         // Starting at once for the answers' ~100 ms bursts was tried: one bench-hol run gave
         // a shorter queue on the way back but 0.75× the throughput (docs/benchmarks-hol.md).
         standing: crate::pacing::STANDING_QUEUE,
-        resume: crate::pacing::RESUME_MEMORY,
+        memory: crate::pacing::RESUME_MEMORY,
         skip_loopback: true,
     };
     Some(tokio::spawn(async move {

@@ -59,7 +59,7 @@ async fn drive(lane: Weak<Lane>, registries: BTreeMap<String, Arc<SocketRegistry
             quiet_below: Some(ANSWER_BYTES_PER_TICK),
             key: "lanes.*.yield_to",
             standing: crate::pacing::STANDING_QUEUE,
-            resume: Duration::ZERO,
+            memory: Duration::ZERO,
             skip_loopback: true,
         };
         let (paced, delay) = paths.tick(own, Some(protected), now, settings);

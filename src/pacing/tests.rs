@@ -393,7 +393,7 @@ async fn the_driver_shares_the_rate_over_the_connections_with_bytes_to_send() {
         quiet_below: Some(ANSWER_BYTES_PER_TICK),
         key: "test",
         standing: STANDING_QUEUE,
-        resume: RESUME_MEMORY,
+        memory: RESUME_MEMORY,
         // The test's path is loopback; the rule that skips those is tested on its own.
         skip_loopback: false,
     };
