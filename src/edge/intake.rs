@@ -294,6 +294,44 @@ struct CountedBody {
 /// itself), so that `bff.max_buffered_bytes` bounds what is really resident.
 const PARSER_BUFFERS: usize = 512 * 1024;
 
+/// How much of a body a handler reads before it gives its actix worker back for a moment.
+///
+/// A body that arrives faster than the worker reads it (a client on the same LAN, or an ingress
+/// that buffers whole requests and then forwards each at once, as ingress-nginx does by default)
+/// is otherwise read in one go: actix's HTTP/1 dispatcher wakes itself at once while its
+/// 128 KiB read buffer is full and the handler keeps taking chunks, and tokio's `LocalSet`
+/// polls a task up to 61 times before it lets the I/O driver look at other sockets. That is
+/// ~8 MB: while one upload was read, every other connection of that worker, `/health`
+/// included, waited up to 40 ms (docs/benchmarks-hol.md). 256 KiB is a few hundred
+/// microseconds of intake work; a yield costs one task poll.
+const TURN_BYTES: usize = 256 * 1024;
+
+/// Counts what a handler has read since its last yield, and yields every [`TURN_BYTES`].
+#[derive(Default)]
+struct WorkerTurn {
+    read: usize,
+}
+
+impl WorkerTurn {
+    /// `n` more bytes were read; past [`TURN_BYTES`], waits until the worker has looked at
+    /// its other sockets.
+    ///
+    /// `tokio::task::yield_now` defers its wake-up until the runtime has polled its I/O
+    /// driver, but awaited here it is swallowed: the dispatcher has already woken this task
+    /// again in the same poll (its read buffer is full), and a yield that is polled a second
+    /// time is over. So a task of its own yields, and this handler waits for that task to
+    /// end, which is after the driver ran and after the tasks it woke were queued. Meanwhile
+    /// the handler takes no chunk, actix's payload fills, and the dispatcher stops waking
+    /// itself.
+    async fn took(&mut self, n: usize) {
+        self.read += n;
+        if self.read >= TURN_BYTES {
+            self.read = 0;
+            let _ = tokio::spawn(tokio::task::yield_now()).await;
+        }
+    }
+}
+
 /// Fires when no chunk has arrived for `limit`. The timer is re-armed lazily, from the time
 /// of the last chunk, only when it fires or when the body is waited on: a fast upload's
 /// thousands of chunks cost an `Instant::now()` each, not a timer reset each.
@@ -434,6 +472,7 @@ impl CountedBody {
     /// Reads and drops what is left of the body, up to `cap` more bytes.
     async fn drain(&self, cap: usize) {
         let mut drained = 0usize;
+        let mut turn = WorkerTurn::default();
         loop {
             // Through the idle timer: a client that stalls after its refusal must not keep
             // this handler waiting forever.
@@ -444,6 +483,7 @@ impl CountedBody {
                     if drained > cap {
                         return;
                     }
+                    turn.took(chunk.len()).await;
                 }
                 _ => return,
             }
@@ -483,6 +523,7 @@ fn too_large_request(limits: &Limits) -> Problem {
 pub async fn refuse_unread(payload: web::Payload, limits: &Limits, problem: Problem) -> Problem {
     let mut payload = payload;
     let mut drained = 0usize;
+    let mut turn = WorkerTurn::default();
     loop {
         match tokio::time::timeout(limits.body_read_timeout, payload.next()).await {
             Ok(Some(Ok(chunk))) => {
@@ -491,6 +532,7 @@ pub async fn refuse_unread(payload: web::Payload, limits: &Limits, problem: Prob
                     // Not worth reading further: actix closes the connection after answering.
                     return problem;
                 }
+                turn.took(chunk.len()).await;
             }
             // The end, a broken body or a stall: answer now (actix closes a connection whose
             // body is unfinished).
@@ -571,6 +613,7 @@ async fn read_parts(
     };
     let mut form = Form::default();
     let mut ignored = 0;
+    let mut turn = WorkerTurn::default();
     while let Some(mut field) = multipart.try_next().await.map_err(malformed)? {
         let name = field
             .name()
@@ -613,6 +656,7 @@ async fn read_parts(
                 if format.is_none() && data.len() >= 16 {
                     format = Some(sniff(&data, &name, spec.many_files)?);
                 }
+                turn.took(chunk.len()).await;
             }
             if data.is_empty() {
                 return Err(Problem::bad_request(format!("file `{name}` is empty")));
@@ -662,13 +706,16 @@ async fn read_parts(
                     limits.max_fields
                 )));
             }
-            while field.try_next().await.map_err(malformed)?.is_some() {}
+            while let Some(chunk) = field.try_next().await.map_err(malformed)? {
+                turn.took(chunk.len()).await;
+            }
         }
     }
     // Drain any epilogue so the connection stays usable.
     while let Some(chunk) = body.clone().next().await {
-        if chunk.is_err() {
-            break;
+        match chunk {
+            Ok(chunk) => turn.took(chunk.len()).await,
+            Err(_) => break,
         }
     }
     Ok(form)
@@ -687,4 +734,58 @@ fn unsupported(field: &str) -> Problem {
     Problem::unsupported_type(format!(
         "file `{field}` is not a supported image type (JPEG, PNG, WebP or GIF, judged by its bytes)"
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A body read at full speed, by a task woken again within each of its polls (as actix's
+    /// dispatcher wakes itself while its read buffer is full), still lets a connection whose
+    /// socket just became readable run within a turn or two, not after the whole body.
+    #[test]
+    fn a_fast_body_lets_a_ready_connection_in_between_its_turns() {
+        const CHUNK: usize = 64 * 1024;
+        const TURNS: usize = 100;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let local = tokio::task::LocalSet::new();
+        let read_when_other_ran = local.block_on(&runtime, async {
+            let (mut client, mut server) = tokio::net::UnixStream::pair().unwrap();
+            let read = Rc::new(Cell::new(0usize));
+            // The other connection: waiting on its socket, as a keep-alive `/health` does.
+            let seen = read.clone();
+            let other = tokio::task::spawn_local(async move {
+                let mut byte = [0u8; 1];
+                server.read_exact(&mut byte).await.unwrap();
+                seen.get()
+            });
+            tokio::task::yield_now().await; // `other` is now registered with the driver
+            let progress = read.clone();
+            let reader = tokio::task::spawn_local(async move {
+                client.write_all(b"x").await.unwrap();
+                let mut turn = WorkerTurn::default();
+                let mut body = Box::pin(async move {
+                    for _ in 0..TURNS * TURN_BYTES / CHUNK {
+                        progress.set(progress.get() + CHUNK);
+                        turn.took(CHUNK).await;
+                    }
+                });
+                futures_util::future::poll_fn(|cx| {
+                    cx.waker().wake_by_ref();
+                    std::future::Future::poll(body.as_mut(), cx)
+                })
+                .await;
+            });
+            reader.await.unwrap();
+            other.await.unwrap()
+        });
+        assert!(
+            read_when_other_ran <= 2 * TURN_BYTES,
+            "the other connection ran only after {read_when_other_ran} bytes of the body"
+        );
+    }
 }
