@@ -6,6 +6,9 @@
 //! rest of it is read. After refusing, the rest of the body is read and dropped up to a cap,
 //! so the client sees the answer instead of a connection reset.
 //!
+//! A body that arrives faster than it is read takes turns with the worker's other connections
+//! ([`TURN_BYTES`]), so a fast upload cannot hold a `/health` on the same worker waiting.
+//!
 //! A body that stops arriving (no byte for `bff.body_read_timeout`) is answered 408 at once
 //! and not drained; a client that disconnects mid-body ends the read with an error. Either way
 //! the handler returns and everything buffered is dropped with it. No lane permit is held
@@ -302,8 +305,8 @@ const PARSER_BUFFERS: usize = 512 * 1024;
 /// 128 KiB read buffer is full and the handler keeps taking chunks, and tokio's `LocalSet`
 /// polls a task up to 61 times before it lets the I/O driver look at other sockets. That is
 /// ~8 MB: while one upload was read, every other connection of that worker, `/health`
-/// included, waited up to 40 ms (docs/benchmarks-hol.md). 256 KiB is a few hundred
-/// microseconds of intake work; a yield costs one task poll.
+/// included, waited up to 43 ms (docs/benchmarks-hol.md). 256 KiB is a few hundred
+/// microseconds of intake work; a turn costs one spawned task (8 for a 2 MB upload).
 const TURN_BYTES: usize = 256 * 1024;
 
 /// Counts what a handler has read since its last yield, and yields every [`TURN_BYTES`].
