@@ -25,13 +25,17 @@
 //!   congestion window's worth): ~11 ms that a health check's answer waited behind
 //!   (bench-hol, 2026-12-07). So compute remembers the rate a burst that filled the path was
 //!   first cut to, for [`RESUME_MEMORY`]: through pauses the sockets keep that cap and the
-//!   next bursts start paced at it. When the memory ends, a burst goes out unpaced again and
-//!   measures anew. The lanes' uploads flow without pauses and do not use it.
+//!   next bursts start paced at it. When the memory ends, a burst measures anew, paced a tenth
+//!   above what the path carried ([`PROBE_GAIN`]): a path that grew is found step by step,
+//!   and no burst puts a window in the queue again. The lanes' uploads flow without pauses
+//!   and do not use it.
 //!
 //! A round trip includes the way back, where the other side's bulk data may queue. A side
 //! cannot shorten that queue, so the pacer does not cut a paced side that delivers what it is
 //! let send (the queue it sees is not its own), and a lane makes no decision in a tick in which
-//! its answers were streaming in. Both sides yield for the whole path to stay short.
+//! its answers were streaming in. In a lane's other ticks the way back is quiet, so a queue
+//! that stands there is the lane's own, however close to its rate it delivers. Both sides
+//! yield for the whole path to stay short.
 //!
 //! Paths to a loopback address are never paced: they cross no link to share (a sidecar compute,
 //! `imagegate dev`), and a busy host's scheduling delays would read as a queue on them.
@@ -77,9 +81,18 @@ pub const ANSWER_BYTES_PER_TICK: u64 = 64 * 1024;
 const UNBOUND: f64 = 4.0;
 /// How long the rate a burst measured (the cut from an unpaced burst that filled the path) is
 /// kept for the bursts after it: they start paced at it instead of putting a congestion
-/// window's worth in the queue at once. Then one burst goes out unpaced and measures again,
-/// so a path whose capacity changed is found.
+/// window's worth in the queue at once. For as long again after that, a burst measures anew,
+/// paced at [`PROBE_GAIN`] × what the path carried, so a path that grew is found; a path
+/// that is idle longer than both starts over with an unpaced burst.
 pub const RESUME_MEMORY: Duration = Duration::from_secs(10);
+/// A burst that measures the path again is paced this much above what the path carried when
+/// the rate was last measured. An unpaced one put a congestion window in the queue at once
+/// (15–17 ms on bench-hol's link, every 10 s, 2026-12-08); at 1.1× the queue grows by a
+/// tenth of the link's rate until the pacer sees it.
+const PROBE_GAIN: f64 = 1.1;
+/// A measuring burst that crossed without a queue for this many ticks found room for its
+/// rate (a shorter one tested nothing: the next burst measures instead).
+const PROBE_TICKS: u32 = 5;
 /// A connection with less than this to deliver has no bulk data waiting (a health check's
 /// answer, the last bytes of a burst): it neither shares the rate nor is cut for a queue.
 const BACKLOG_BYTES: u64 = 16 * 1024;
@@ -106,6 +119,8 @@ struct Remembered {
     rate: f64,
     until: Instant,
     delay: Duration,
+    /// What the path carried when the rate was measured (the cut's starting point).
+    carried: f64,
 }
 
 /// The rate controller of one path of a yielding side (a lane's compute endpoint, compute's
@@ -136,6 +151,13 @@ pub struct Pacer {
     resume: Option<Remembered>,
     /// The burst in progress is paced at the remembered rate.
     resumed: bool,
+    /// The burst in progress measures the path again, paced ([`PROBE_GAIN`]); the ticks it
+    /// has had bytes to send so far.
+    probing: Option<u32>,
+    /// The side knows when its way back is busy and decides nothing then
+    /// ([`PathSample::answers_arriving`]: a lane), so a queue that stands in the other ticks is
+    /// its own, even while it delivers nearly what it is let send.
+    watches_way_back: bool,
     last: Instant,
 }
 
@@ -154,6 +176,8 @@ impl Pacer {
             hold_until: now,
             resume: None,
             resumed: false,
+            probing: None,
+            watches_way_back: false,
             last: now,
         }
     }
@@ -169,22 +193,54 @@ impl Pacer {
         }
     }
 
+    /// A pacer for a side that sees when its way back is busy (a lane: its answers stream in)
+    /// and decides nothing in those ticks: a queue standing for [`STANDING_QUEUE`] in the
+    /// others is its own to cut, however close to its rate it delivers.
+    pub fn watching_way_back(self, watches: bool) -> Self {
+        Pacer {
+            watches_way_back: watches,
+            ..self
+        }
+    }
+
     /// The rate in force, bytes per second (`None`: not paced): the controller's, or through
     /// a pause the one kept for the next burst.
     pub fn rate(&self) -> Option<u64> {
         self.rate
-            .or_else(|| self.resume.map(|r| r.rate))
+            .or_else(|| self.next_burst(self.last).map(|(rate, _)| rate))
             .map(|r| r as u64)
+    }
+
+    /// The rate a burst that starts at `now` is paced at, and whether it measures the path
+    /// again: the remembered rate for [`RESUME_MEMORY`], then [`PROBE_GAIN`] × what the path
+    /// carried for as long again; `None`: unpaced.
+    fn next_burst(&self, now: Instant) -> Option<(f64, bool)> {
+        let r = self.resume?;
+        if now < r.until {
+            Some((r.rate, false))
+        } else if now < r.until + self.memory {
+            Some((r.carried * PROBE_GAIN, true))
+        } else {
+            None
+        }
     }
 
     /// Whether a queue on the path can be the lane's own doing: unpaced, its flows fill any
     /// bottleneck; paced, it delivers less than it is let send only when the path cannot carry
     /// it. A paced lane that delivers what it sends did not build the queue it sees (compute's
     /// answers on the way back, other traffic): a cut would cost throughput and drain
-    /// nothing.
-    fn queue_is_ours(&self) -> bool {
+    /// nothing. A side that watches its way back knows better: with the way back quiet, a queue
+    /// that stands is on the way there, where only its own bytes can have built it (a lane
+    /// paced 1–2 % above the link delivers more than [`OWN_QUEUE_SHARE`] of its rate, and its
+    /// queue grew to 9 ms before that share fell: bench-hol, 2026-12-08).
+    fn queue_is_ours(&self, now: Instant) -> bool {
+        let standing = || {
+            self.over_since
+                .is_some_and(|since| now.saturating_duration_since(since) >= self.standing)
+        };
         self.rate
             .is_none_or(|rate| self.delivered < rate * OWN_QUEUE_SHARE)
+            || (self.watches_way_back && standing())
     }
 
     /// Feeds one tick's measurement; returns the rate in force after it.
@@ -208,22 +264,41 @@ impl Pacer {
         self.delivered += (delivered_now - self.delivered) * weight;
         self.peak = (self.peak * PEAK_DECAY.powf(secs)).max(self.delivered);
 
-        self.resume = self.resume.filter(|r| now < r.until);
+        self.resume = self.resume.filter(|r| now < r.until + self.memory);
         if !sample.backlogged && sample.delivered < BACKLOG_BYTES {
             // No bulk data to send (a health check's answer may cross): nothing to decide.
             // The remembered rate stays on the sockets, so the next burst starts paced; without
             // one it starts unpaced and is cut once its queue stands.
+            if let (Some(ticks), Some(rate)) = (self.probing, self.rate) {
+                if ticks >= PROBE_TICKS {
+                    // The measuring burst crossed at its rate without a queue: the path
+                    // carries at least that.
+                    self.resume = Some(Remembered {
+                        rate: rate * BETA,
+                        until: now + self.memory,
+                        delay: target,
+                        carried: rate,
+                    });
+                }
+            }
             self.rate = None;
             self.resumed = false;
+            self.probing = None;
             self.over_since = None;
             return self.rate();
         }
         if self.rate.is_none() {
             // A burst after a pause while a rate is remembered: the sockets are capped at it.
-            self.rate = self.resume.map(|r| r.rate);
-            self.resumed = self.rate.is_some();
+            if let Some((rate, probe)) = self.next_burst(now) {
+                self.rate = Some(rate);
+                self.resumed = !probe;
+                self.probing = probe.then_some(0);
+            }
         }
-        self.resumed &= self.resume.is_some();
+        self.resumed &= self.resume.is_some_and(|r| now < r.until);
+        if let Some(ticks) = self.probing.as_mut() {
+            *ticks += 1;
+        }
         if self.resumed {
             // Held at the measured rate, neither cut nor raised: compute's round trips hold
             // the uploads' queue on the way in (its ACKs cross it), and cutting for that from
@@ -266,13 +341,14 @@ impl Pacer {
             Some(delay)
                 if delay > target
                     && sample.backlogged
-                    && self.queue_is_ours()
+                    && self.queue_is_ours(now)
                     && (!held || delay > self.cut_delay + target) =>
             {
                 let (from, measured) = match self.rate {
                     // Unpaced, the lane's flows were filling the path: what it delivered is
-                    // what the path carries.
+                    // what the path carries; so it is when a measuring burst built the queue.
                     None => (delivered_now.max(self.delivered), true),
+                    Some(_) if self.probing.is_some() => (delivered_now.max(self.delivered), true),
                     // Paced well below what it delivers: the cap does not bind (few uploads).
                     Some(rate) if self.delivered < rate * 0.5 => (self.delivered, false),
                     // From the cap itself, not from this tick's deliveries: a queue on the
@@ -296,7 +372,9 @@ impl Pacer {
                         rate: to,
                         until: now + self.memory,
                         delay,
+                        carried: from,
                     });
+                    self.probing = None;
                 }
                 // The spare (1 - factor) of the rate drains a queue of `delay` in
                 // delay / (1 - factor); until then the measurements still show it.
@@ -304,6 +382,8 @@ impl Pacer {
                 self.hold_until = now + hold;
             }
             _ if held => {}
+            // A measuring burst keeps its rate: it is the question it asks of the path.
+            _ if self.probing.is_some() => {}
             Some(delay) => {
                 if let Some(rate) = self.rate {
                     let mut rise = self.peak * RISE_PER_SECOND * secs;
@@ -517,7 +597,8 @@ impl PacedPaths {
                 let state = endpoints
                     .entry(address.to_string())
                     .or_insert_with(|| PathState {
-                        pacer: Pacer::with_timing(now, settings.standing, settings.memory),
+                        pacer: Pacer::with_timing(now, settings.standing, settings.memory)
+                            .watching_way_back(settings.quiet_below.is_some()),
                         acked: HashMap::new(),
                         applied: HashMap::new(),
                     });

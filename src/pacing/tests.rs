@@ -192,6 +192,14 @@ async fn the_rate_never_falls_below_the_floor_and_a_pause_keeps_the_cap_only_for
         kept > Some(FLOOR),
         "a pause keeps the cap for the next burst: {kept:?}"
     );
+    // Then the next burst would measure the path again, paced a little above what it
+    // carried; after as long again, it would go out unpaced.
+    tokio::time::advance(RESUME_MEMORY).await;
+    let probe = pacer.observe(Instant::now(), TARGET, FLOOR, idle);
+    assert!(
+        probe > kept,
+        "a measuring burst is paced above the kept cap: {probe:?}"
+    );
     tokio::time::advance(RESUME_MEMORY).await;
     assert_eq!(pacer.observe(Instant::now(), TARGET, FLOOR, idle), None);
 }
@@ -277,15 +285,44 @@ async fn bursts_after_a_paced_one_start_paced_and_put_no_window_in_the_queue() {
         "carried {carried:.0} of {}",
         size * 10.0
     );
-    // Once the bursts stop, the cap is kept for the memory and then lifted.
+    // Once the bursts stop, the cap is kept for the memory (and a measuring burst's for as
+    // long again) and then lifted.
     let mut idle = Pacer::new(Instant::now());
     std::mem::swap(&mut idle, &mut pacer);
-    let quiet = bursts(&mut idle, capacity, 0.0, Duration::from_secs(60), 6.0).await;
+    let quiet = bursts(&mut idle, capacity, 0.0, Duration::from_secs(60), 13.0).await;
     assert!(quiet[10].rate.is_some());
     assert_eq!(
         quiet.last().unwrap().rate,
         None,
         "still capped after the memory"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn when_the_memory_ends_a_burst_measures_paced_and_finds_a_path_that_grew() {
+    let capacity = 100.0 * MBIT;
+    let mut pacer = Pacer::with_timing(Instant::now(), STANDING_QUEUE, RESUME_MEMORY);
+    let (size, every) = (1_700_000.0, Duration::from_millis(700));
+    bursts(&mut pacer, capacity, size, every, 0.7).await;
+    let first = pacer.rate().expect("the first burst measured a rate") as f64;
+    // Past two memories on the same path: each measuring burst starts paced, so none puts a
+    // congestion window in the queue (an unpaced one did: the first burst's spike).
+    let later = bursts(&mut pacer, capacity, size, every, 24.5).await;
+    let worst = later.iter().map(|s| s.delay).max().unwrap();
+    assert!(worst <= TARGET * 2, "a measuring burst queued {worst:?}");
+    let same = pacer.rate().expect("still paced") as f64;
+    assert!(
+        (0.85..=1.25).contains(&(same / first)),
+        "the same path measured {same:.0} after {first:.0}"
+    );
+    // The path doubles: each measuring burst finds a tenth more room.
+    let grown = bursts(&mut pacer, capacity * 2.0, size, every, 24.5).await;
+    let worst = grown.iter().map(|s| s.delay).max().unwrap();
+    assert!(worst <= TARGET * 2, "{worst:?}");
+    let now = pacer.rate().expect("still paced") as f64;
+    assert!(
+        now >= same * 1.15,
+        "rate {now:.0} after {same:.0} on a doubled path"
     );
 }
 
@@ -456,5 +493,39 @@ fn loopback_paths_are_recognised_in_every_form_an_address_takes() {
         "[fd00::1]:50051",
     ] {
         assert!(!is_loopback(a), "{a}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lane_cuts_for_a_queue_it_builds_while_delivering_nearly_its_rate() {
+    // Paced 1.5 % above the link: it delivers 98.5 % of its rate, and the queue grows slowly.
+    // A lane, which decides nothing while its answers stream in, knows a standing queue is
+    // its own and cuts once it has stood; compute, which cannot tell its way back is busy,
+    // goes on until it delivers clearly less than its rate.
+    for watches in [false, true] {
+        let mut link = Link::new(100.0 * MBIT);
+        link.pacer = Pacer::new(link.start).watching_way_back(watches);
+        link.run(3.0).await;
+        let before = link.pacer.rate().expect("paced by now");
+        let mut cut_after = None;
+        for tick in 1..=4 {
+            tokio::time::advance(TICK).await;
+            let sample = PathSample {
+                delay: Some(Duration::from_millis(5)),
+                delivered: (before as f64 * 0.985 * TICK.as_secs_f64()) as u64,
+                backlogged: true,
+                answers_arriving: false,
+            };
+            let rate = link.pacer.observe(Instant::now(), TARGET, FLOOR, sample);
+            if rate < Some(before) && cut_after.is_none() {
+                cut_after = Some(tick);
+            }
+        }
+        if watches {
+            // Over the target from the first tick; standing after STANDING_QUEUE (two more).
+            assert_eq!(cut_after, Some(3), "a lane at {before}");
+        } else {
+            assert_eq!(cut_after, None, "compute at {before}");
+        }
     }
 }
