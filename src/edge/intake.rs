@@ -447,21 +447,11 @@ impl CountedBody {
 
     /// The next chunk of the body, or a timeout error once it has been idle too long.
     fn poll_chunk(&self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, PayloadError>>> {
-        let mut idle = self.idle.borrow_mut();
-        if idle.expired {
-            return Poll::Ready(Some(Err(body_timed_out())));
-        }
-        match Pin::new(&mut *self.payload.borrow_mut()).poll_next(cx) {
-            Poll::Ready(Some(Ok(chunk))) => {
-                idle.last_chunk = tokio::time::Instant::now();
-                Poll::Ready(Some(Ok(chunk)))
-            }
-            Poll::Pending => match idle.poll_expired(cx) {
-                Poll::Ready(()) => Poll::Ready(Some(Err(body_timed_out()))),
-                Poll::Pending => Poll::Pending,
-            },
-            done => done,
-        }
+        poll_timed(
+            &mut self.payload.borrow_mut(),
+            &mut self.idle.borrow_mut(),
+            cx,
+        )
     }
 
     fn over_limit(&self) -> bool {
@@ -472,25 +462,50 @@ impl CountedBody {
         self.idle.borrow().expired
     }
 
-    /// Reads and drops what is left of the body, up to `cap` more bytes.
+    /// Reads and drops what is left of the body, up to `cap` more bytes (uncounted: the
+    /// request is refused). Through the idle timer: a client that stalls after its refusal
+    /// must not keep this handler waiting forever.
     async fn drain(&self, cap: usize) {
-        let mut drained = 0usize;
-        let mut turn = WorkerTurn::default();
-        loop {
-            // Through the idle timer: a client that stalls after its refusal must not keep
-            // this handler waiting forever.
-            let next = futures_util::future::poll_fn(|cx| self.poll_chunk(cx)).await;
-            match next {
-                Some(Ok(chunk)) => {
-                    drained += chunk.len();
-                    if drained > cap {
-                        return;
-                    }
-                    turn.took(chunk.len()).await;
-                }
-                _ => return,
-            }
+        drain_chunks(futures_util::stream::poll_fn(|cx| self.poll_chunk(cx)), cap).await;
+    }
+}
+
+/// The next chunk of `payload`, or a timeout error once `idle`'s limit has passed since the
+/// last one.
+fn poll_timed(
+    payload: &mut web::Payload,
+    idle: &mut IdleTimer,
+    cx: &mut Context<'_>,
+) -> Poll<Option<Result<Bytes, PayloadError>>> {
+    if idle.expired {
+        return Poll::Ready(Some(Err(body_timed_out())));
+    }
+    match Pin::new(payload).poll_next(cx) {
+        Poll::Ready(Some(Ok(chunk))) => {
+            idle.last_chunk = tokio::time::Instant::now();
+            Poll::Ready(Some(Ok(chunk)))
         }
+        Poll::Pending => match idle.poll_expired(cx) {
+            Poll::Ready(()) => Poll::Ready(Some(Err(body_timed_out()))),
+            Poll::Pending => Poll::Pending,
+        },
+        done => done,
+    }
+}
+
+/// Reads and drops `chunks` until they end, fail (a broken body, a stall) or pass `cap` bytes
+/// (not worth reading further: actix closes a connection whose body is unfinished), taking
+/// worker turns as a body being read does.
+async fn drain_chunks(chunks: impl Stream<Item = Result<Bytes, PayloadError>>, cap: usize) {
+    let mut chunks = std::pin::pin!(chunks);
+    let mut drained = 0usize;
+    let mut turn = WorkerTurn::default();
+    while let Some(Ok(chunk)) = chunks.next().await {
+        drained += chunk.len();
+        if drained > cap {
+            return;
+        }
+        turn.took(chunk.len()).await;
     }
 }
 
@@ -525,23 +540,10 @@ fn too_large_request(limits: &Limits) -> Problem {
 /// Nothing is parsed, buffered or taken from the budget.
 pub async fn refuse_unread(payload: web::Payload, limits: &Limits, problem: Problem) -> Problem {
     let mut payload = payload;
-    let mut drained = 0usize;
-    let mut turn = WorkerTurn::default();
-    loop {
-        match tokio::time::timeout(limits.body_read_timeout, payload.next()).await {
-            Ok(Some(Ok(chunk))) => {
-                drained += chunk.len();
-                if drained > limits.max_request {
-                    // Not worth reading further: actix closes the connection after answering.
-                    return problem;
-                }
-                turn.took(chunk.len()).await;
-            }
-            // The end, a broken body or a stall: answer now (actix closes a connection whose
-            // body is unfinished).
-            _ => return problem,
-        }
-    }
+    let mut idle = IdleTimer::new(limits.body_read_timeout);
+    let chunks = futures_util::stream::poll_fn(|cx| poll_timed(&mut payload, &mut idle, cx));
+    drain_chunks(chunks, limits.max_request).await;
+    problem
 }
 
 /// The body length the request declares (`Content-Length`), if any.

@@ -736,6 +736,48 @@ async fn a_stalled_upload_is_answered_408_and_frees_everything() {
     assert_eq!(r.status(), 200);
 }
 
+/// An upload refused unread (the heavy lane is full) whose client then stalls is answered
+/// once `body_read_timeout` has passed, not held: the drain stops at the stall.
+#[tokio::test]
+async fn a_stalled_upload_refused_by_a_full_lane_is_answered_after_the_body_timeout() {
+    let log = CallLog::default();
+    let compute = start_compute(compute_config(), Some(log.hook()));
+    let mut config = bff_config(&compute.url());
+    config.lanes.heavy.max_in_flight = 1;
+    config.lanes.heavy.queue_wait = Duration::ZERO;
+    config.bff.body_read_timeout = Duration::from_millis(300);
+    let bff = start_bff(config);
+    log.hold("Compress");
+    let slow_url = bff.url("/v1/images/compress");
+    let slow = tokio::spawn(async move {
+        post(slow_url, Form::new().part("file", file(jpeg(64, 64))))
+            .await
+            .status()
+    });
+    assert!(
+        eventually_metric(
+            &bff,
+            "imagegate_lane_in_flight{lane=\"heavy\"}",
+            1.0,
+            Duration::from_secs(20)
+        )
+        .await,
+        "the slow job never got in flight"
+    );
+
+    let mut stream = send_half(bff.addr, "/v1/images/compress").await;
+    let r = read_response(&mut stream, Duration::from_secs(15))
+        .await
+        .expect("the refused upload got no answer");
+    assert_eq!(r.status, 503);
+    assert!(r.header("retry-after").is_some());
+    let body: Value = serde_json::from_slice(&r.body).unwrap();
+    assert!(body["detail"].as_str().unwrap().contains("heavy"), "{body}");
+
+    log.release("Compress");
+    assert_eq!(slow.await.unwrap(), 200);
+}
+
 /// With one heavy permit, a stalled upload must not block the next one: permits are taken
 /// only after the whole form is in.
 #[tokio::test]
