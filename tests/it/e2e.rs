@@ -597,29 +597,6 @@ async fn lanes_use_separate_tcp_connections_and_shared_mode_uses_one() {
     assert!(metric(&text, "imagegate_lane_in_flight{lane=\"shared\"}").is_some());
 }
 
-/// Holds compute's next Compress and sends one upload that takes the heavy lane's only
-/// permit; returns its status once `log.release("Compress")` lets it finish.
-async fn fill_the_heavy_lane(bff: &Bff, log: &CallLog) -> tokio::task::JoinHandle<StatusCode> {
-    log.hold("Compress");
-    let slow_url = bff.url("/v1/images/compress");
-    let slow = tokio::spawn(async move {
-        post(slow_url, Form::new().part("file", file(jpeg(64, 64))))
-            .await
-            .status()
-    });
-    assert!(
-        eventually_metric(
-            bff,
-            "imagegate_lane_in_flight{lane=\"heavy\"}",
-            1.0,
-            Duration::from_secs(20)
-        )
-        .await,
-        "the slow job never got in flight"
-    );
-    slow
-}
-
 #[tokio::test]
 async fn a_saturated_lane_refuses_an_upload_before_parsing_it_and_keeps_the_connection() {
     let log = CallLog::default();

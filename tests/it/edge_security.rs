@@ -747,23 +747,7 @@ async fn a_stalled_upload_refused_by_a_full_lane_is_answered_after_the_body_time
     config.lanes.heavy.queue_wait = Duration::ZERO;
     config.bff.body_read_timeout = Duration::from_millis(300);
     let bff = start_bff(config);
-    log.hold("Compress");
-    let slow_url = bff.url("/v1/images/compress");
-    let slow = tokio::spawn(async move {
-        post(slow_url, Form::new().part("file", file(jpeg(64, 64))))
-            .await
-            .status()
-    });
-    assert!(
-        eventually_metric(
-            &bff,
-            "imagegate_lane_in_flight{lane=\"heavy\"}",
-            1.0,
-            Duration::from_secs(20)
-        )
-        .await,
-        "the slow job never got in flight"
-    );
+    let slow = fill_the_heavy_lane(&bff, &log).await;
 
     let mut stream = send_half(bff.addr, "/v1/images/compress").await;
     let r = read_response(&mut stream, Duration::from_secs(15))

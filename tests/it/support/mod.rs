@@ -529,3 +529,32 @@ pub fn sse_events(body: &str) -> Vec<(String, serde_json::Value)> {
         })
         .collect()
 }
+
+/// Holds compute's next Compress and sends one upload that takes the heavy lane's only
+/// permit; returns its status once `log.release("Compress")` lets it finish.
+pub async fn fill_the_heavy_lane(
+    bff: &Bff,
+    log: &CallLog,
+) -> tokio::task::JoinHandle<reqwest::StatusCode> {
+    log.hold("Compress");
+    let slow_url = bff.url("/v1/images/compress");
+    let slow = tokio::spawn(async move {
+        post(
+            slow_url,
+            reqwest::multipart::Form::new().part("file", file(jpeg(64, 64))),
+        )
+        .await
+        .status()
+    });
+    assert!(
+        eventually_metric(
+            bff,
+            "imagegate_lane_in_flight{lane=\"heavy\"}",
+            1.0,
+            Duration::from_secs(20)
+        )
+        .await,
+        "the slow job never got in flight"
+    );
+    slow
+}
