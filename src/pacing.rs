@@ -234,13 +234,15 @@ impl Pacer {
     /// paced 1–2 % above the link delivers more than [`OWN_QUEUE_SHARE`] of its rate, and its
     /// queue grew to 9 ms before that share fell: bench-hol, 2026-12-08).
     fn queue_is_ours(&self, now: Instant) -> bool {
-        let standing = || {
-            self.over_since
-                .is_some_and(|since| now.saturating_duration_since(since) >= self.standing)
-        };
         self.rate
             .is_none_or(|rate| self.delivered < rate * OWN_QUEUE_SHARE)
-            || (self.watches_way_back && standing())
+            || (self.watches_way_back && self.queue_stands(now))
+    }
+
+    /// Whether the delay has been above the target for at least `standing` without a break.
+    fn queue_stands(&self, now: Instant) -> bool {
+        self.over_since
+            .is_some_and(|since| now.saturating_duration_since(since) >= self.standing)
     }
 
     /// Feeds one tick's measurement; returns the rate in force after it.
@@ -324,10 +326,7 @@ impl Pacer {
             (true, since) => since,
             (false, _) => None,
         };
-        let standing = self
-            .over_since
-            .is_some_and(|since| now.saturating_duration_since(since) >= self.standing);
-        if self.rate.is_none() && !standing {
+        if self.rate.is_none() && !self.queue_stands(now) {
             return None;
         }
         let held = now < self.hold_until;

@@ -538,8 +538,11 @@ fn too_large_request(limits: &Limits) -> Problem {
 /// body is read and dropped first, up to `max_request` and within `body_read_timeout` per
 /// chunk, so that the client reads the answer, not a reset, and the connection stays usable.
 /// Nothing is parsed, buffered or taken from the budget.
-pub async fn refuse_unread(payload: web::Payload, limits: &Limits, problem: Problem) -> Problem {
-    let mut payload = payload;
+pub async fn refuse_unread(
+    mut payload: web::Payload,
+    limits: &Limits,
+    problem: Problem,
+) -> Problem {
     let mut idle = IdleTimer::new(limits.body_read_timeout);
     let chunks = futures_util::stream::poll_fn(|cx| poll_timed(&mut payload, &mut idle, cx));
     drain_chunks(chunks, limits.max_request).await;
